@@ -1,0 +1,1 @@
+"""rankserve: a low-latency multi-task ranking inference server."""
