@@ -1,0 +1,1 @@
+"""Scoring backends: embedded ONNX Runtime and Triton over gRPC, behind one interface."""

@@ -1,0 +1,1 @@
+"""The Triton-layout model repository: model cards, config.pbtxt parsing, offline checks."""
