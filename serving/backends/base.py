@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
+
+
+@dataclass
+class BackendOutput:
+    """A batch's output tensors, and whether a fallback (not the primary backend) made them."""
+
+    outputs: dict[str, np.ndarray]
+    degraded: bool = False
 
 
 class Backend(abc.ABC):
@@ -38,7 +47,7 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def infer(
         self, model: str, inputs: Mapping[str, np.ndarray], timeout_s: float
-    ) -> dict[str, np.ndarray]:
+    ) -> BackendOutput:
         """Score one batch; must return within ``timeout_s`` or raise.
 
         Raises:
