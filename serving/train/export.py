@@ -1,0 +1,162 @@
+"""``rankserve export``: trained checkpoint -> ONNX -> Triton model repository.
+
+Steps: export the PyTorch model to ONNX (opset >= 17, a dynamic leading dimension on every
+input, R and N separate), check it with ``onnx.checker``, apply ONNX Runtime's *basic* graph
+optimizations (constant folding, redundant-node removal: standard ONNX ops only, so any
+Triton onnxruntime backend loads the result) and save them, then measure parity against
+PyTorch on real held-out requests and write ``config.pbtxt`` and the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from serving.ranking.features import MODEL_INPUTS, PROBS, USER_INPUTS
+from serving.repository.card import CARD_FILE, ONNX_FILE, ModelCard, TensorSpec, sha256_of
+from serving.repository.config import write_config
+from serving.train.data import TEST_DAYS, group_requests, load_log
+from serving.train.dataset import EncodedSplit
+from serving.train.model import FeedRanker
+from serving.train.pipeline import load_checkpoint
+
+OPSET = 17
+PARITY_TOLERANCE = 1e-5
+
+# Default value-model weights: how much each engagement is worth relative to a click.
+# Rarer, stronger signals (a follow or a share) weigh more; callers can override per request.
+VALUE_WEIGHTS = {"click": 1.0, "long_view": 1.0, "like": 2.0, "follow": 4.0, "comment": 3.0,
+                 "forward": 4.0, "profile_enter": 1.0}
+
+_ONNX_DTYPES = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
+
+
+def tensor_specs(sample: Mapping[str, np.ndarray]) -> list[TensorSpec]:
+    """Input specs in contract order, leading dimension dynamic (-1)."""
+    return [TensorSpec(name, _ONNX_DTYPES[sample[name].dtype], [-1, *sample[name].shape[1:]])
+            for name in MODEL_INPUTS]
+
+
+def export_onnx(model: FeedRanker, sample: Mapping[str, np.ndarray], path: Path,
+                opset: int = OPSET) -> None:
+    """Export, check and optimise ``model`` into one self-contained ONNX file.
+
+    Raises:
+        onnx.checker.ValidationError: the exported graph is invalid.
+    """
+    dynamic = {name: {0: "requests" if name in USER_INPUTS else "candidates"}
+               for name in MODEL_INPUTS}
+    dynamic[PROBS] = {0: "candidates"}
+    args = tuple(torch.from_numpy(np.ascontiguousarray(sample[n])) for n in MODEL_INPUTS)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = path.with_suffix(".raw.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(model.eval(), args, str(raw), dynamo=False, opset_version=opset,
+                          input_names=list(MODEL_INPUTS), output_names=[PROBS],
+                          dynamic_axes=dynamic, do_constant_folding=True)
+    onnx.checker.check_model(onnx.load(str(raw)), full_check=True)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(path)
+    ort.InferenceSession(str(raw), options, providers=["CPUExecutionProvider"])
+    raw.unlink()
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+
+
+def onnx_session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def measure_parity(model: FeedRanker, session: ort.InferenceSession, data: EncodedSplit,
+                   min_candidates: int = 2000, requests_per_batch: int = 64) -> dict[str, Any]:
+    """Max and mean |ONNX - PyTorch| of the probabilities over the first requests of
+    ``data`` holding at least ``min_candidates`` candidates, scored in multi-request
+    batches (so ``item_to_user`` gathers across requests as in serving)."""
+    sizes = np.diff(data.offsets)
+    n_requests = int(np.searchsorted(np.cumsum(sizes), min_candidates) + 1)
+    n_requests = min(n_requests, data.n_requests)
+    diffs = []
+    for start in range(0, n_requests, requests_per_batch):
+        inputs, _ = data.select(np.arange(start, min(start + requests_per_batch, n_requests)))
+        with torch.no_grad():
+            expected = model(*(torch.from_numpy(inputs[n]) for n in MODEL_INPUTS)).numpy()
+        got = session.run([PROBS], inputs)[0]
+        diffs.append(np.abs(got - expected).ravel())
+    diff = np.concatenate(diffs)
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+            "candidates": int(sizes[:n_requests].sum()), "requests": n_requests,
+            "tolerance": PARITY_TOLERANCE, "data": f"held-out days {TEST_DAYS[0]}.."
+                                                  f"{TEST_DAYS[-1]}, one request per user-day"}
+
+
+def _extra_metrics(run_dir: Path) -> dict[str, Any]:
+    """Baseline and seed-study results saved beside the checkpoint, when present."""
+    out: dict[str, Any] = {}
+    for key, name in (("baseline", "baseline.json"), ("seed_study", "seeds.json")):
+        path = run_dir / name
+        if path.is_file():
+            out[key] = json.loads(path.read_text())
+    return out
+
+
+def export_repository(run_dir: Path, repository: Path, data_dir: str | None,
+                      name: str = "feed_ranker", version: int = 1, opset: int = OPSET,
+                      parity_candidates: int = 2000) -> ModelCard:
+    """Write ``repository/name/{config.pbtxt, version/model.onnx, version/model_card.json}``.
+
+    Raises:
+        ValueError: parity is worse than :data:`PARITY_TOLERANCE`.
+    """
+    model, encoder, saved = load_checkpoint(run_dir)
+    held_out = EncodedSplit.build(encoder, group_requests(load_log(data_dir).days(TEST_DAYS),
+                                                          by="day"))
+    sample, _ = held_out.select(np.arange(8))
+    model_dir = repository / name
+    onnx_path = model_dir / str(version) / ONNX_FILE
+    export_onnx(model, sample, onnx_path, opset)
+    parity = measure_parity(model, onnx_session(onnx_path), held_out, parity_candidates)
+    if parity["max_abs_diff"] > PARITY_TOLERANCE:
+        raise ValueError(f"ONNX/PyTorch parity {parity['max_abs_diff']:.2e} exceeds "
+                         f"{PARITY_TOLERANCE:.0e}")
+    tasks = list(saved["tasks"])
+    card = ModelCard(
+        name=name, version=version, tasks=tasks, inputs=tensor_specs(sample),
+        outputs=[TensorSpec(PROBS, "FP32", [-1, len(tasks)])],
+        features=encoder.to_card(), value_weights={t: VALUE_WEIGHTS.get(t, 1.0) for t in tasks},
+        opset=opset, onnx_sha256=sha256_of(onnx_path), training=saved["training"],
+        metrics={"test": saved["metrics"], **_extra_metrics(run_dir)}, parity=parity)
+    card.save(onnx_path.parent / CARD_FILE)
+    write_config(card, model_dir, USER_INPUTS)
+    return card
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/feed_ranker"),
+                        help="checkpoint written by `rankserve train`")
+    parser.add_argument("--data", default=None, help="KuaiRand directory (held-out requests)")
+    parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--name", default="feed_ranker")
+    parser.add_argument("--version", type=int, default=1)
+    parser.add_argument("--opset", type=int, default=OPSET)
+    parser.add_argument("--parity-candidates", type=int, default=2000)
+
+
+def run(args: argparse.Namespace) -> int:
+    card = export_repository(args.run_dir, args.model_repository, args.data, args.name,
+                             args.version, args.opset, args.parity_candidates)
+    onnx_path = args.model_repository / args.name / str(args.version) / ONNX_FILE
+    print(json.dumps({"model": str(onnx_path), "bytes": onnx_path.stat().st_size,
+                      "sha256": card.onnx_sha256, "parity": card.parity}, indent=1))
+    return 0

@@ -1,0 +1,216 @@
+"""The multi-task feed ranker: a wide part over sparse ids beside a deep part.
+
+Inputs follow the model contract (:mod:`serving.ranking.features`): user-side tensors have
+one row per request (``[R, ...]``), candidate tensors one row per candidate (``[N, ...]``)
+and ``item_to_user`` maps each candidate to its request row. Everything user-side, the
+embeddings, the history attention and the user's wide weights, runs on the R request rows
+and is gathered to the N candidate rows inside the graph, so a request with 500 candidates
+pays for its user once.
+
+* Deep part: embeddings; attention pooling over the click history with the user as the
+  query (padding id 0 masked); DCN-v2 cross layers over the concatenated user and item
+  vectors; a multi-gate mixture of experts (MMoE) with one gate and one tower per task.
+* Wide part: a per-task logistic regression over every categorical id (user, video,
+  author, ...), i.e. one ``T``-wide weight row per id, summed into the deep logits. Ids are
+  what a linear model memorises best and what the deep part alone smooths away.
+
+Only standard ONNX ops are produced (Gather, MatMul, Softmax, Sigmoid, ...), so every
+ONNX Runtime build and Triton's onnxruntime backend can run the exported graph.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from serving.ranking.features import (
+    ITEM_CATEGORICAL,
+    ITEM_NUMERIC,
+    USER_CATEGORICAL,
+    USER_NUMERIC,
+)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture hyper-parameters (recorded in the model card)."""
+
+    id_dim: int = 16
+    user_cat_dim: int = 8
+    item_cat_dim: int = 16
+    cross_layers: int = 2
+    experts: int = 4
+    expert_hidden: list[int] = field(default_factory=lambda: [256, 128])
+    tower_hidden: int = 64
+    wide: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _offsets(sizes: Sequence[int]) -> Tensor:
+    """Start of each feature's rows in a table that stacks all of them."""
+    starts = [0]
+    for size in sizes[:-1]:
+        starts.append(starts[-1] + size)
+    return torch.tensor(starts, dtype=torch.int64)
+
+
+class StackedEmbedding(nn.Module):
+    """Several categorical features in one table: ``[B, F]`` ids -> ``[B, F, dim]``.
+
+    One Gather instead of one per feature keeps the exported graph small and fast.
+    """
+
+    def __init__(self, sizes: Sequence[int], dim: int, init_std: float = 0.05) -> None:
+        super().__init__()
+        self.offsets: Tensor
+        self.register_buffer("offsets", _offsets(sizes), persistent=False)
+        self.table = nn.Embedding(sum(sizes), dim)
+        if init_std:
+            nn.init.normal_(self.table.weight, std=init_std)
+        else:
+            nn.init.zeros_(self.table.weight)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        out: Tensor = self.table(ids + self.offsets)
+        return out
+
+
+class HistoryAttention(nn.Module):
+    """Pools the click history with the user as the query; id 0 (padding/OOV) is masked.
+
+    A row with no history pools to zeros (the softmax weights are multiplied by the mask,
+    so an all-padding row cannot produce NaN).
+    """
+
+    def __init__(self, user_dim: int, item_dim: int) -> None:
+        super().__init__()
+        self.query = nn.Linear(user_dim, item_dim)
+        self.scale = 1.0 / math.sqrt(item_dim)
+
+    def forward(self, user: Tensor, history_ids: Tensor, history: Tensor) -> Tensor:
+        mask = (history_ids > 0).to(history.dtype)  # [R, L]
+        q = self.query(user)  # [R, D]
+        scores = torch.matmul(history, q.unsqueeze(-1)).squeeze(-1) * self.scale
+        scores = scores + (mask - 1.0) * 1e4
+        weights = torch.softmax(scores, dim=-1) * mask
+        return torch.matmul(weights.unsqueeze(1), history).squeeze(1)  # [R, D]
+
+
+class CrossNetwork(nn.Module):
+    """DCN-v2 cross layers: ``x_{l+1} = x_0 * (W x_l + b) + x_l``."""
+
+    def __init__(self, dim: int, layers: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(layers))
+        for layer in self.layers:
+            assert isinstance(layer, nn.Linear)
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x0: Tensor) -> Tensor:
+        x = x0
+        for layer in self.layers:
+            x = x0 * layer(x) + x
+        return x
+
+
+def _mlp(dims: Sequence[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in itertools.pairwise(dims):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+class MMoE(nn.Module):
+    """Shared experts, one softmax gate and one tower (-> one logit) per task."""
+
+    def __init__(self, dim: int, tasks: int, experts: int, hidden: Sequence[int],
+                 tower_hidden: int) -> None:
+        super().__init__()
+        self.experts = nn.ModuleList(_mlp([dim, *hidden]) for _ in range(experts))
+        self.gates = nn.Linear(dim, tasks * experts)
+        self.towers = nn.ModuleList(
+            nn.Sequential(nn.Linear(hidden[-1], tower_hidden), nn.ReLU(),
+                          nn.Linear(tower_hidden, 1))
+            for _ in range(tasks))
+        self.tasks, self.n_experts = tasks, experts
+
+    def forward(self, x: Tensor) -> Tensor:
+        expert_out = torch.stack([e(x) for e in self.experts], dim=1)  # [N, E, H]
+        gates = self.gates(x).reshape(-1, self.tasks, self.n_experts)
+        mixed = torch.matmul(torch.softmax(gates, dim=-1), expert_out)  # [N, T, H]
+        return torch.cat([tower(mixed[:, t]) for t, tower in enumerate(self.towers)], dim=1)
+
+
+class FeedRanker(nn.Module):
+    """``probs[N, T] = sigmoid(deep_logits + wide_logits)``; see the module docstring."""
+
+    def __init__(self, cardinalities: dict[str, int], tasks: Sequence[str],
+                 config: ModelConfig | None = None,
+                 prior_rates: Sequence[float] | None = None) -> None:
+        super().__init__()
+        cfg = config or ModelConfig()
+        self.config = cfg
+        n_tasks = len(tasks)
+        user_sizes = [cardinalities[s.name] for s in USER_CATEGORICAL]
+        item_sizes = [cardinalities[s.name] for s in ITEM_CATEGORICAL]
+        self.user_id_emb = nn.Embedding(cardinalities["user_id"], cfg.id_dim)
+        self.item_id_emb = nn.Embedding(cardinalities["video_id"], cfg.id_dim)
+        for emb in (self.user_id_emb, self.item_id_emb):
+            nn.init.normal_(emb.weight, std=0.05)
+        self.user_cat_emb = StackedEmbedding(user_sizes, cfg.user_cat_dim)
+        self.item_cat_emb = StackedEmbedding(item_sizes, cfg.item_cat_dim)
+        user_dim = cfg.id_dim + len(user_sizes) * cfg.user_cat_dim + len(USER_NUMERIC)
+        self.history_attention = HistoryAttention(user_dim, cfg.id_dim)
+        item_dim = cfg.id_dim + len(item_sizes) * cfg.item_cat_dim + len(ITEM_NUMERIC)
+        dim = user_dim + cfg.id_dim + item_dim
+        self.cross = CrossNetwork(dim, cfg.cross_layers)
+        self.mmoe = MMoE(dim, n_tasks, cfg.experts, cfg.expert_hidden, cfg.tower_hidden)
+        self.wide_user = StackedEmbedding([cardinalities["user_id"], *user_sizes], n_tasks, 0.0)
+        self.wide_item = StackedEmbedding([cardinalities["video_id"], *item_sizes], n_tasks, 0.0)
+        rates = torch.tensor(prior_rates or [0.5] * n_tasks, dtype=torch.float32)
+        self.bias = nn.Parameter(torch.log(rates / (1 - rates)))
+
+    def user_tower(self, user_id: Tensor, user_cat: Tensor, user_num: Tensor,
+                   history: Tensor) -> Tensor:
+        """``[R, user_dim + id_dim]``: the user's features and its pooled history."""
+        rows = user_id.shape[0]
+        user = torch.cat([self.user_id_emb(user_id),
+                          self.user_cat_emb(user_cat).reshape(rows, -1), user_num], dim=1)
+        pooled = self.history_attention(user, history, self.item_id_emb(history))
+        return torch.cat([user, pooled], dim=1)
+
+    def wide_params(self) -> list[Tensor]:
+        """The wide part's weights (trained with their own optimizer and L2)."""
+        return [self.wide_user.table.weight, self.wide_item.table.weight]
+
+    def forward(self, user_id: Tensor, user_cat: Tensor, user_num: Tensor, history: Tensor,
+                item_id: Tensor, item_cat: Tensor, item_num: Tensor,
+                item_to_user: Tensor) -> Tensor:
+        logits = self.logits(user_id, user_cat, user_num, history, item_id, item_cat,
+                             item_num, item_to_user)
+        return torch.sigmoid(logits)
+
+    def logits(self, user_id: Tensor, user_cat: Tensor, user_num: Tensor, history: Tensor,
+               item_id: Tensor, item_cat: Tensor, item_num: Tensor,
+               item_to_user: Tensor) -> Tensor:
+        """``[N, T]`` logits (training uses these with a BCE-with-logits loss)."""
+        user = self.user_tower(user_id, user_cat, user_num, history)
+        rows = item_id.shape[0]
+        item = torch.cat([self.item_id_emb(item_id),
+                          self.item_cat_emb(item_cat).reshape(rows, -1), item_num], dim=1)
+        x0 = torch.cat([user[item_to_user], item], dim=1)
+        logits: Tensor = self.mmoe(self.cross(x0)) + self.bias
+        if self.config.wide:
+            user_wide = self.wide_user(torch.cat([user_id.unsqueeze(1), user_cat], dim=1))
+            item_wide = self.wide_item(torch.cat([item_id.unsqueeze(1), item_cat], dim=1))
+            logits = logits + user_wide.sum(dim=1)[item_to_user] + item_wide.sum(dim=1)
+        return logits

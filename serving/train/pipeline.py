@@ -1,0 +1,95 @@
+"""Train-and-evaluate pipeline shared by ``rankserve train``, the seed study and the tests.
+
+One call: split the log by date, fit the encoder on the training days, encode, train,
+evaluate on the held-out days, and save a checkpoint (weights + encoder state + configs +
+metrics) that ``rankserve export`` turns into the model repository.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from serving.ranking.features import FeatureEncoder
+from serving.train.data import TASKS, TEST_DAYS, TRAIN_DAYS, Log, group_requests
+from serving.train.dataset import EncodedSplit, fit_encoder
+from serving.train.model import FeedRanker, ModelConfig
+from serving.train.trainer import TrainConfig, predict, seed_everything, task_metrics, train_model
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass
+class TrainResult:
+    model: FeedRanker
+    encoder: FeatureEncoder
+    metrics: dict[str, dict[str, float]]
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+def run_training(log: Log, cfg: TrainConfig, model_cfg: ModelConfig | None = None,
+                 train_days: Sequence[int] = TRAIN_DAYS, eval_days: Sequence[int] = TEST_DAYS,
+                 progress: bool = True, limit_rows: int | None = None) -> TrainResult:
+    """Train on ``train_days`` and evaluate on ``eval_days``.
+
+    ``limit_rows`` keeps only the first rows of each split (in time order), for smoke tests.
+    """
+    started = time.perf_counter()
+    train_log, eval_log = log.days(train_days), log.days(eval_days)
+    if limit_rows is not None:
+        train_log.impressions = train_log.impressions.iloc[:limit_rows]
+        eval_log.impressions = eval_log.impressions.iloc[:limit_rows]
+    encoder = fit_encoder(train_log.impressions)
+    train = EncodedSplit.build(encoder, group_requests(train_log))
+    held_out = EncodedSplit.build(encoder, group_requests(eval_log))
+    seed_everything(cfg.seed)
+    model = FeedRanker(encoder.cardinalities(), TASKS, model_cfg,
+                       prior_rates=np.clip(train.labels.mean(axis=0), 1e-4, 1 - 1e-4).tolist())
+    fit = train_model(model, train, cfg, progress=progress)
+    metrics = task_metrics(held_out.labels, predict(model, held_out), TASKS)
+    training = {
+        "train_days": [int(d) for d in (train_days[0], train_days[-1])],
+        "eval_days": [int(d) for d in (eval_days[0], eval_days[-1])],
+        "train_requests": train.n_requests, "train_candidates": train.n_items,
+        "eval_requests": held_out.n_requests, "eval_candidates": held_out.n_items,
+        "train_seconds": round(fit["seconds"], 1), "steps": fit["steps"],
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "config": cfg.to_dict(), "model_config": model.config.to_dict(),
+        "torch": str(torch.__version__), "threads": cfg.threads,
+    }
+    return TrainResult(model, encoder, metrics, training)
+
+
+def save_checkpoint(result: TrainResult, run_dir: Path) -> Path:
+    """Write ``run_dir/checkpoint.pt`` (plain tensors and JSON-like values only)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / CHECKPOINT_FILE
+    torch.save({"tasks": list(TASKS), "encoder": result.encoder.to_card(),
+                "model_config": result.model.config.to_dict(),
+                "state_dict": result.model.state_dict(),
+                "metrics": result.metrics, "training": result.training}, path)
+    return path
+
+
+def load_checkpoint(run_dir: Path) -> tuple[FeedRanker, FeatureEncoder, dict[str, Any]]:
+    """Rebuild the trained model and its encoder from ``run_dir/checkpoint.pt``.
+
+    Raises:
+        FileNotFoundError: no checkpoint there (run ``rankserve train`` first).
+    """
+    path = run_dir / CHECKPOINT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}; run `rankserve train` first")
+    saved: dict[str, Any] = torch.load(path, weights_only=True)
+    encoder = FeatureEncoder.from_card(saved["encoder"])
+    model = FeedRanker(encoder.cardinalities(), saved["tasks"],
+                       ModelConfig(**saved["model_config"]))
+    model.load_state_dict(saved["state_dict"])
+    model.eval()
+    return model, encoder, saved
