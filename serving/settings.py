@@ -45,6 +45,12 @@ class Settings(BaseSettings):
         False, description="Use system shared memory with Triton (same host only).")
     failover: Literal["embedded", "none"] = Field(
         "embedded", description="When Triton fails: score in-process (degraded) or answer 503.")
+    triton_breaker_failures: int = Field(
+        5, ge=1, description="Consecutive Triton failures that open its circuit breaker.")
+    triton_breaker_reset_s: float = Field(
+        1.0, gt=0, description="Seconds an open breaker waits before probing Triton again.")
+    triton_poll_interval_s: float = Field(
+        0.5, gt=0, description="Seconds between Triton readiness checks.")
 
     default_budget_ms: float = Field(50.0, gt=0, description="Budget when a request sets none.")
     max_budget_ms: float = Field(10_000.0, gt=0, description="Largest accepted budget.")

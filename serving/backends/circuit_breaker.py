@@ -1,0 +1,75 @@
+"""A circuit breaker: stop sending work to a backend that keeps failing, probe it, resume.
+
+Without it every request waits for its own timeout against a dead or frozen Triton before it
+fails over, so a Triton outage costs each request its whole budget. With it, after
+``failures`` consecutive failures the breaker opens and calls fail at once (the failover
+policy answers them); after ``reset_s`` it lets exactly one call through (half-open). That
+probe's success closes the breaker, its failure opens it for another ``reset_s``.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+
+
+class BreakerState(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    """Not thread-safe: used from one event loop, where check-and-set needs no lock."""
+
+    def __init__(self, failures: int, reset_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if failures < 1 or reset_s <= 0:
+            raise ValueError(f"need failures >= 1 and reset_s > 0, got {failures}, {reset_s}")
+        self.failures = failures
+        self.reset_s = reset_s
+        self._clock = clock
+        self._consecutive = 0
+        self._state = BreakerState.CLOSED
+        self._opened_at = 0.0
+        self.opened_count = 0
+        """How many times the breaker has opened (for metrics and tests)."""
+
+    @property
+    def state(self) -> BreakerState:
+        return self._state
+
+    def allow(self) -> bool:
+        """Whether a call may go to the backend now; in half-open, only the one probe may."""
+        if self._state is BreakerState.CLOSED:
+            return True
+        if self._state is BreakerState.OPEN and self._clock() - self._opened_at >= self.reset_s:
+            self._state = BreakerState.HALF_OPEN
+            return True
+        return False
+
+    def record_success(self) -> None:
+        self._consecutive = 0
+        self._state = BreakerState.CLOSED
+
+    def record_failure(self) -> None:
+        self._consecutive += 1
+        if self._state is BreakerState.HALF_OPEN or self._consecutive >= self.failures:
+            self._open()
+
+    def record_abandoned(self) -> None:
+        """The call was cancelled by its caller: no verdict, but a probe slot is freed."""
+        if self._state is BreakerState.HALF_OPEN:
+            self._state = BreakerState.OPEN
+            self._opened_at = self._clock() - self.reset_s  # the next call probes again
+
+    def reset(self) -> None:
+        """Close the breaker: an out-of-band health check found the backend ready again."""
+        self.record_success()
+
+    def _open(self) -> None:
+        if self._state is not BreakerState.OPEN:
+            self.opened_count += 1
+        self._state = BreakerState.OPEN
+        self._opened_at = self._clock()
