@@ -1,0 +1,111 @@
+"""``rankserve check-repo``: accepts the committed repository, rejects each kind of breakage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from serving.cli import main
+from serving.repository.check import check_repository
+
+REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+MODEL = "feed_ranker"
+
+
+@pytest.fixture
+def broken_copy(tmp_path: Path) -> Path:
+    """A private copy of the committed repository that a test may break."""
+    copy = tmp_path / "model_repository"
+    shutil.copytree(REPOSITORY, copy)
+    return copy
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"fixture text {old!r} not in {path.name}"
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_committed_repository_passes(capsys: pytest.CaptureFixture[str]) -> None:
+    models, problems = check_repository(REPOSITORY)
+    assert problems == []
+    assert MODEL in models
+    assert main(["check-repo", str(REPOSITORY)]) == 0
+    assert f"OK, {len(models)} model(s)" in capsys.readouterr().out
+
+
+def _misspell_field(repo: Path) -> None:
+    _edit(repo / MODEL / "config.pbtxt", "max_batch_size: 0", "max_batch_sise: 0")
+
+
+def _dtype_mismatch(repo: Path) -> None:
+    _edit(repo / MODEL / "config.pbtxt",
+          '{ name: "user_num", data_type: TYPE_FP32', '{ name: "user_num", data_type: TYPE_INT64')
+
+
+def _renamed_input(repo: Path) -> None:
+    _edit(repo / MODEL / "config.pbtxt", '{ name: "item_cat",', '{ name: "item_cats",')
+
+
+def _wrong_dims(repo: Path) -> None:
+    _edit(repo / MODEL / "config.pbtxt", '"history", data_type: TYPE_INT64, dims: [ -1, 20 ]',
+          '"history", data_type: TYPE_INT64, dims: [ -1, 30 ]')
+
+
+def _wrong_checksum(repo: Path) -> None:
+    card_path = repo / MODEL / "1" / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["onnx_sha256"] = "0" * 64
+    card_path.write_text(json.dumps(card))
+
+
+def _card_dtype(repo: Path) -> None:
+    card_path = repo / MODEL / "1" / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["outputs"][0]["dtype"] = "FP16"
+    card_path.write_text(json.dumps(card))
+
+
+def _warmup_input(repo: Path) -> None:
+    _edit(repo / MODEL / "config.pbtxt", 'key: "item_to_user"', 'key: "item_2_user"')
+
+
+@pytest.mark.parametrize(("breakage", "messages"), [
+    (_misspell_field, ["feed_ranker/config.pbtxt:",
+                       'has no field named "max_batch_sise"']),
+    (_dtype_mismatch, ["feed_ranker/config.pbtxt: input 'user_num' has dtype TYPE_INT64 but "
+                       "feed_ranker/1/model.onnx has TYPE_FP32"]),
+    (_renamed_input, ["feed_ranker/config.pbtxt: input 'item_cats' is not an input of "
+                      "feed_ranker/1/model.onnx",
+                      "feed_ranker/config.pbtxt: input 'item_cat' of feed_ranker/1/model.onnx "
+                      "is missing"]),
+    (_wrong_dims, ["feed_ranker/config.pbtxt: input 'history' has dims [-1, 30] but "
+                   "feed_ranker/1/model.onnx has [-1, 20]"]),
+    (_wrong_checksum, ["feed_ranker/1/model_card.json: onnx_sha256 " + "0" * 64
+                       + " does not match model.onnx (sha256 "]),
+    (_card_dtype, ["feed_ranker/1/model_card.json: output 'probs' has dtype TYPE_FP16 but "
+                   "model.onnx has TYPE_FP32"]),
+    (_warmup_input, ["model_warmup 'one_request_300_candidates' input 'item_2_user' is not a "
+                     "model input"]),
+], ids=["misspelled-field", "dtype", "renamed-input", "dims", "checksum", "card-dtype",
+        "warmup"])
+def test_broken_copies_are_rejected_with_a_precise_message(
+        broken_copy: Path, capsys: pytest.CaptureFixture[str],
+        breakage: Callable[[Path], None], messages: list[str]) -> None:
+    breakage(broken_copy)
+    _, problems = check_repository(broken_copy)
+    for message in messages:
+        assert any(message in p for p in problems), (message, problems)
+    assert main(["check-repo", str(broken_copy)]) == 1
+    err = capsys.readouterr().err
+    assert messages[0] in err
+
+
+def test_missing_repository_is_an_error(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-repo", str(tmp_path / "nope")]) == 2
+    assert "model repository not found" in capsys.readouterr().err
