@@ -71,7 +71,9 @@ class Helm:
         env = {**os.environ,
                "HELM_CACHE_HOME": str(self.home / "cache"),
                "HELM_CONFIG_HOME": str(self.home / "config"),
-               "HELM_DATA_HOME": str(self.home / "data")}
+               "HELM_DATA_HOME": str(self.home / "data"),
+               # No cluster, ever: `install --dry-run=client` must not find a kubeconfig.
+               "KUBECONFIG": str(self.home / "no-kubeconfig")}
         return subprocess.run([str(self.binary), *args], capture_output=True, text=True,
                               env=env, timeout=60, check=False)
 

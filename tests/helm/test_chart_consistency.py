@@ -78,6 +78,7 @@ def test_gateway_and_triton_agree(render: Any, tmp_path: Path, topology: str,
     loaded = _flag(triton["args"], "load-model")
     assert loaded == ["feed_ranker", "feed_ranker_v2"]
     assert settings.default_model in loaded
+    assert settings.default_model == "feed_ranker_v2"  # the chosen default, not just any
     assert _flag(triton["args"], "model-control-mode") == ["explicit"]
 
     # Address: the gateway dials the port Triton's gRPC server binds.

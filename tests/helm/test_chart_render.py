@@ -244,3 +244,22 @@ def test_helm_test_pod_sends_a_ranking_request(render: Any, problems: Any) -> No
     peers = policy["spec"]["ingress"][0]["from"]
     assert any(_selects(p.get("podSelector", {}).get("matchLabels", {"x": "y"}),
                         pod["metadata"]["labels"]) for p in peers)
+
+
+def test_notes_say_how_to_reach_the_service(helm: Any) -> None:
+    def notes(*extra: str) -> str:
+        result = helm.run("install", "rel", str(CHART), "--namespace", "ranking",
+                          "--dry-run=client", *extra)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split("NOTES:", 1)[1]
+
+    default = notes()
+    assert "http://rel-rankserve.ranking.svc:80/v1/rank" in default
+    assert "port-forward svc/rel-rankserve 8080:80" in default
+    assert "helm test rel -n ranking" in default
+    assert "No ServiceMonitor was created" in default
+    assert "custom.metrics.k8s.io" not in default
+    scaled = notes("--set", "autoscaling.enabled=true", "--set", "gateway.auth.enabled=true",
+                   "--set", "gateway.auth.existingSecret=t")
+    assert "pods/*/rankserve_queue_wait_seconds_avg" in scaled
+    assert 'Authorization: Bearer $TOKEN' in scaled

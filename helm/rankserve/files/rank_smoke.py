@@ -25,19 +25,22 @@ def rank_request(candidates: int, top_k: int) -> dict:
 
 
 def check(body: dict, sent: set, top_k: int) -> str:
-    """Return an error message, or an empty string when the ranking is plausible."""
-    ranked = body.get("ranked")
-    if not isinstance(ranked, list) or not ranked:
-        return f"no non-empty 'ranked' list in {body!r}"
-    if len(ranked) > top_k:
-        return f"{len(ranked)} results for top_k={top_k}"
-    ids = [item.get("video_id") for item in ranked]
-    scores = [item.get("score") for item in ranked]
+    """Return an error message, or an empty string when the ranking is plausible.
+
+    The response is columnar (docs/api.md): ``video_id`` and ``score`` lists, best first.
+    """
+    ids, scores = body.get("video_id"), body.get("score")
+    if not isinstance(ids, list) or not ids:
+        return f"no non-empty 'video_id' list in {body!r}"
+    if not isinstance(scores, list) or len(scores) != len(ids):
+        return f"'score' does not pair with 'video_id' in {body!r}"
+    if len(ids) > top_k:
+        return f"{len(ids)} results for top_k={top_k}"
     if not set(ids) <= sent:
         return f"ids not in the request: {sorted(set(ids) - sent)}"
     if any(not isinstance(s, (int, float)) for s in scores):
         return f"non-numeric scores: {scores}"
-    if any(a < b for a, b in zip(scores, scores[1:])):
+    if any(a < b for a, b in zip(scores, scores[1:], strict=False)):
         return f"scores not in ranked order: {scores}"
     return ""
 
@@ -65,7 +68,7 @@ def main() -> int:
     if error:
         print(f"FAIL {url}: {error}")
         return 1
-    print(f"OK {url}: {len(body['ranked'])} ranked, model {body.get('model')!r}, "
+    print(f"OK {url}: {len(body['video_id'])} ranked, model {body.get('model')!r}, "
           f"degraded={body.get('degraded')}")
     return 0
 
