@@ -46,6 +46,20 @@ class MissingFeature(BadRequest):
     code = "missing_feature"
 
 
+class Unauthorized(RankServeError):
+    """The request lacks the bearer token the server requires."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class UnsupportedMediaType(BadRequest):
+    """The body's content type is not one the endpoint decodes."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
 class NotFound(RankServeError):
     status = 404
     code = "not_found"

@@ -1,0 +1,1 @@
+"""Deadline-aware batching of candidate rows across requests (see ``batcher.py``)."""

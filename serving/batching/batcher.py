@@ -1,0 +1,330 @@
+"""The batcher: candidate rows of many requests -> batches, earliest deadline first.
+
+Policy (DESIGN.md, "The batcher"):
+
+* A request becomes a :class:`~serving.batching.work.Job`, split into chunks of at most
+  ``chunk_rows`` rows; chunks wait in one queue ordered by deadline (``loop.time()`` based).
+* The dispatcher first takes a free backend instance (at most ``instances`` batches run at
+  once), then builds a batch from the head of the queue and sends it when (a) it reached
+  its row target, (b) waiting any longer would make its earliest deadline unreachable given
+  the latency model's pessimistic service time for that many rows (less a slack for the
+  work after scoring; a batch also stops growing where one more chunk would make a
+  reachable deadline unreachable), (c) its oldest row has
+  waited ``max_wait``, or (d) it holds a chunk of a request whose other chunks already run
+  (the request cannot finish before this chunk does). While another instance is idle a
+  batch takes at most one chunk per request, so large requests run in parallel.
+* Limits are in rows: past ``max_queue_rows`` a request is refused at once (429). Work whose
+  deadline has passed is dropped unscored (504). A request whose client went away has its
+  queued chunks removed; if its rows are already running, the batch still answers the
+  others (every outcome goes through ``set_if_pending``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from serving.backends.base import Backend
+from serving.batching.latency import LatencyModel
+from serving.batching.layout import Layout
+from serving.batching.work import Chunk, ChunkState, Job, JobResult, set_if_pending
+from serving.errors import (
+    BackendError,
+    DeadlineExceeded,
+    Overloaded,
+    RankServeError,
+    Unavailable,
+)
+from serving.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """The batcher's knobs (the ``Settings`` fields of the same names)."""
+
+    batch_rows: int = 2048
+    chunk_rows: int = 1024
+    max_wait_s: float = 0.002
+    max_queue_rows: int = 50_000
+    batching: bool = True
+    # A batch must finish this long before its deadline, leaving time to rank, encode and
+    # send the answer: the larger of a fixed floor and a fraction of the request's budget.
+    min_slack_s: float = 0.001
+    slack_fraction: float = 0.1
+
+
+class Slots:
+    """Backend instances free to run a batch; shared by the batchers of one backend."""
+
+    def __init__(self, instances: int) -> None:
+        self.total = instances
+        self._sem = asyncio.Semaphore(instances)
+        self.busy = 0
+
+    @property
+    def free(self) -> int:
+        return self.total - self.busy
+
+    async def acquire(self) -> None:
+        await self._sem.acquire()
+        self.busy += 1
+
+    def release(self) -> None:
+        self.busy -= 1
+        self._sem.release()
+
+
+class Batcher:
+    """Queues one model's requests and drives its batches through a backend.
+
+    Open with :meth:`start`, close with :meth:`aclose`; :meth:`submit` is the only call a
+    request handler makes.
+    """
+
+    def __init__(self, backend: Backend, model: str, layout: Layout, policy: BatchPolicy,
+                 metrics: Metrics, slots: Slots, latency: LatencyModel | None = None) -> None:
+        self.backend = backend
+        self.model = model
+        self.layout = layout
+        self.policy = policy
+        self.metrics = metrics
+        self.slots = slots
+        self.latency = latency or LatencyModel()
+        self.queued_rows = 0
+        self._heap: list[tuple[float, int, Chunk]] = []
+        self._seq = itertools.count()
+        self._arrival = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the dispatcher task."""
+        self._closing = False
+        self._task = asyncio.get_running_loop().create_task(self._dispatch_forever(),
+                                                             name=f"batcher-{self.model}")
+
+    async def aclose(self) -> None:
+        """Stop taking work, fail what is queued (503), let running batches finish."""
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for _, _, chunk in self._heap:
+            set_if_pending(chunk.job.future, error=Unavailable("the server is shutting down"))
+        self._heap.clear()
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    @property
+    def accepting(self) -> bool:
+        return self._task is not None and not self._closing
+
+    # -- the request side ------------------------------------------------------------------
+
+    async def submit(self, inputs: Mapping[str, np.ndarray], deadline: float) -> JobResult:
+        """Score one request's tensors before ``deadline`` (a ``loop.time()`` value).
+
+        Raises:
+            BadRequest: the tensors are inconsistent (from the layout, naming the input).
+            Overloaded: the queue is full; carries a retry-after estimate.
+            DeadlineExceeded: the deadline passed before the rows were scored.
+            Unavailable: the batcher is not running.
+            BackendError: the backend failed on the batch holding these rows.
+        """
+        loop = asyncio.get_running_loop()
+        rows = self.layout.rows_of(inputs)
+        if not self.accepting:
+            raise Unavailable(f"model '{self.model}' is not being served")
+        now = loop.time()
+        if deadline <= now:
+            raise DeadlineExceeded("the request's budget ran out before it was queued")
+        if self.queued_rows and self.queued_rows + rows > self.policy.max_queue_rows:
+            raise Overloaded(f"{self.queued_rows} rows are queued; try again later",
+                             retry_after_s=self._retry_after())
+        slack = max(self.policy.min_slack_s, self.policy.slack_fraction * (deadline - now))
+        job = Job(dict(inputs), rows, deadline, now, loop.create_future(),
+                  self.layout.signature(inputs), dispatch_by=deadline - slack)
+        mergeable = self.policy.batching and self.layout.splittable
+        job.split(min(self.policy.chunk_rows, self.policy.batch_rows) if mergeable else 0)
+        job.future.add_done_callback(lambda _: self._drop_queued(job))
+        for chunk in job.chunks:
+            heapq.heappush(self._heap, (deadline, next(self._seq), chunk))
+        self._add_queued(rows)
+        self._arrival.set()
+        try:
+            return await asyncio.wait_for(job.future, deadline - now)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded("the request's budget ran out before its rows were "
+                                   "scored") from None
+
+    def _drop_queued(self, job: Job) -> None:
+        """A job was answered, failed or cancelled: its still-queued chunks leave the queue.
+
+        The heap entries stay until they surface (lazy deletion); the row count, which
+        admission control reads, drops now.
+        """
+        dropped = 0
+        for chunk in job.chunks:
+            if chunk.state is ChunkState.QUEUED:
+                chunk.state = ChunkState.DROPPED
+                dropped += chunk.rows
+        if dropped:
+            self._add_queued(-dropped)
+
+    def _retry_after(self) -> float:
+        drain = self.latency.predict(self.queued_rows) / max(self.slots.total, 1)
+        return float(max(1, math.ceil(drain)))
+
+    def _add_queued(self, rows: int) -> None:
+        self.queued_rows += rows
+        self.metrics.queue_rows.inc(rows)
+
+    # -- the dispatcher --------------------------------------------------------------------
+
+    async def _dispatch_forever(self) -> None:
+        while True:
+            await self._wait_for_work()
+            await self.slots.acquire()
+            try:
+                chunks = await self._collect()
+            except BaseException:
+                self.slots.release()
+                raise
+            if not chunks:  # everything queued was cancelled meanwhile
+                self.slots.release()
+                continue
+            task = asyncio.get_running_loop().create_task(self._run_batch(chunks))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _wait_for_work(self) -> None:
+        while True:
+            self._expire(asyncio.get_running_loop().time())
+            if self._heap:
+                return
+            self._arrival.clear()
+            await self._arrival.wait()
+
+    async def _collect(self) -> list[Chunk]:
+        """Wait, holding an instance, until the head of the queue should be dispatched."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self._expire(loop.time())
+            if not self._heap:
+                return []
+            now = loop.time()
+            entries, full = self._take(now)
+            chunks = [chunk for _, _, chunk in entries]
+            rows = sum(c.rows for c in chunks)
+            wake_at = min(min(c.job.dispatch_by for c in chunks) - self.latency.bound(rows),
+                          min(c.job.enqueued_at for c in chunks) + self.policy.max_wait_s)
+            if full or now >= wake_at or any(c.job.started for c in chunks):
+                return chunks
+            for entry in entries:
+                heapq.heappush(self._heap, entry)
+            self._arrival.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._arrival.wait(), wake_at - now)
+
+    def _take(self, now: float) -> tuple[list[tuple[float, int, Chunk]], bool]:
+        """Pop the head of the queue up to a batch; ``full`` when it may not grow further.
+
+        A batch stops growing at the row target, at a request it cannot merge with, when
+        one more chunk would make its (earliest, EDF) deadline unreachable, and (while
+        another instance is idle) at a second chunk of the same request.
+        """
+        policy = self.policy
+        mergeable = policy.batching and self.layout.splittable
+        taken: list[tuple[float, int, Chunk]] = []
+        rows = 0
+        by = math.inf
+        while self._heap:
+            chunk = self._heap[0][2]
+            if not chunk.alive:
+                heapq.heappop(self._heap)
+                continue
+            if taken and (not mergeable
+                          or chunk.job.signature != taken[0][2].job.signature
+                          or rows + chunk.rows > policy.batch_rows
+                          or self._would_miss(now, rows, chunk.rows,
+                                              min(by, chunk.job.dispatch_by))
+                          or (self.slots.free > 0
+                              and any(c.job is chunk.job for _, _, c in taken))):
+                return taken, True
+            taken.append(heapq.heappop(self._heap))
+            rows += chunk.rows
+            by = min(by, chunk.job.dispatch_by)
+            if rows >= policy.batch_rows or not mergeable:
+                return taken, True
+        return taken, False
+
+    def _would_miss(self, now: float, rows: int, more: int, dispatch_by: float) -> bool:
+        """Whether ``more`` rows would make a reachable deadline unreachable. A batch that
+        misses already keeps growing: under overload, throughput matters most."""
+        return (now + self.latency.bound(rows) <= dispatch_by
+                < now + self.latency.bound(rows + more))
+
+    def _expire(self, now: float) -> None:
+        """Pop dead chunks off the head; fail (unscored) jobs whose deadline has passed."""
+        while self._heap:
+            deadline, _, chunk = self._heap[0]
+            if chunk.alive and deadline > now:
+                return
+            heapq.heappop(self._heap)
+            if chunk.alive:
+                set_if_pending(chunk.job.future, error=DeadlineExceeded(
+                    "the request's budget ran out while it was queued"))
+
+    async def _run_batch(self, chunks: list[Chunk]) -> None:
+        loop = asyncio.get_running_loop()
+        dispatched = loop.time()
+        rows = sum(c.rows for c in chunks)
+        for chunk in chunks:
+            chunk.state = ChunkState.RUNNING
+            self.metrics.queue_wait.observe(dispatched - chunk.job.enqueued_at)
+        self._add_queued(-rows)
+        self.metrics.inflight_batches.inc()
+        self.metrics.batch_rows.labels(self.model).observe(rows)
+        try:
+            inputs, rows = self.layout.merge(chunks)
+            timeout = max(c.deadline for c in chunks) - loop.time()
+            output = await self.backend.infer(self.model, inputs, timeout)
+            elapsed = loop.time() - dispatched
+            parts = self.layout.split(output.outputs, chunks, rows)
+        except RankServeError as e:
+            self._fail(chunks, e)
+            return
+        except Exception:
+            log.exception("backend failed on a batch", extra={"model": self.model,
+                                                              "rows": rows})
+            self._fail(chunks, BackendError("the backend failed on this request's batch"))
+            return
+        finally:
+            self.metrics.inflight_batches.dec()
+            self.slots.release()
+        error = self.latency.observe(rows, elapsed)
+        self.metrics.backend_latency.labels(self.backend.name).observe(elapsed)
+        self.metrics.latency_model_error.labels(self.backend.name).observe(abs(error))
+        for chunk, part in zip(chunks, parts, strict=True):
+            chunk.job.complete(chunk, part, output.degraded, dispatched, elapsed, rows)
+
+    @staticmethod
+    def _fail(chunks: list[Chunk], error: RankServeError) -> None:
+        for chunk in chunks:
+            chunk.state = ChunkState.DONE
+            set_if_pending(chunk.job.future, error=error)

@@ -1,0 +1,63 @@
+"""An online model of a backend's batch service time: ``fixed + per_row * rows``.
+
+Fitted by exponentially weighted least squares with a ridge prior, i.e. recursive least
+squares with forgetting that cannot wind up: when every batch has the same size (so the
+two coefficients cannot be told apart) the prior keeps the split sensible, and old
+observations fade so the model follows a backend whose speed drifts (thermal throttling,
+a neighbour on the same cores). The batcher uses :meth:`LatencyModel.bound` (prediction
+plus a margin of two residual standard deviations) to decide how long a batch may wait.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+_ROW_SCALE = 1000.0  # rows are fitted in thousands, seconds in milliseconds: a tame system
+
+
+class LatencyModel:
+    """Predicts a batch's service time in seconds from its row count."""
+
+    def __init__(self, fixed_s: float = 0.001, per_row_s: float = 5e-6,
+                 forgetting: float = 0.97, prior_weight: float = 0.05) -> None:
+        self._prior = np.array([fixed_s * 1e3, per_row_s * 1e3 * _ROW_SCALE])
+        self._ridge = prior_weight * np.eye(2)
+        self._forgetting = forgetting
+        self._sxx = np.zeros((2, 2))
+        self._sxy = np.zeros(2)
+        self._theta = self._prior.copy()
+        self._residual_var = (0.5 * fixed_s * 1e3) ** 2
+        self.observations = 0
+
+    @staticmethod
+    def _x(rows: int) -> np.ndarray:
+        return np.array([1.0, rows / _ROW_SCALE])
+
+    def predict(self, rows: int) -> float:
+        """Expected service time in seconds for a batch of ``rows`` rows."""
+        return max(float(self._x(rows) @ self._theta), 0.0) / 1e3
+
+    def bound(self, rows: int) -> float:
+        """A pessimistic service time (prediction + 2 sigma), used for deadline decisions."""
+        return self.predict(rows) + 2.0 * math.sqrt(self._residual_var) / 1e3
+
+    @property
+    def coefficients(self) -> tuple[float, float]:
+        """(fixed seconds, seconds per row) as currently fitted."""
+        return self._theta[0] / 1e3, self._theta[1] / 1e3 / _ROW_SCALE
+
+    def observe(self, rows: int, seconds: float) -> float:
+        """Learn from one finished batch; returns the prediction error in seconds
+        (observed minus predicted, before this observation was learned)."""
+        error = seconds - self.predict(rows)
+        x, y = self._x(rows), seconds * 1e3
+        lam = self._forgetting
+        self._sxx = lam * self._sxx + np.outer(x, x)
+        self._sxy = lam * self._sxy + x * y
+        self._theta = np.linalg.solve(self._sxx + self._ridge,
+                                      self._sxy + self._ridge @ self._prior)
+        self._residual_var = lam * self._residual_var + (1 - lam) * (error * 1e3) ** 2
+        self.observations += 1
+        return error

@@ -1,0 +1,1 @@
+"""Prometheus metrics, GPU telemetry and structured logs; a leaf every other part imports."""

@@ -1,0 +1,58 @@
+"""The gateway's Prometheus metrics, all on one registry owned by the application.
+
+Creating metrics on the process-global registry inside a constructor breaks the second
+instance (a second app in a test, a reload): every metric here lives on the registry that
+:class:`Metrics` creates, and ``/metrics`` renders exactly that registry.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.registry import Collector
+
+# Buckets in seconds, dense between 0.5 ms and 100 ms where a ranking budget lives.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025,
+                   0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
+ROW_BUCKETS = (1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+
+
+class Metrics:
+    """Every ``rankserve_`` metric; names are shared with the Helm chart's dashboards."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.request_latency = Histogram(
+            "rankserve_request_latency_seconds", "End-to-end request latency in the gateway.",
+            ["route", "status"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_wait = Histogram(
+            "rankserve_queue_wait_seconds", "Time a row slice waited in the batcher queue.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_rows = Histogram(
+            "rankserve_batch_rows", "Rows per dispatched batch.", ["model"],
+            buckets=ROW_BUCKETS, registry=r)
+        self.backend_latency = Histogram(
+            "rankserve_backend_latency_seconds", "Backend service time of one batch.",
+            ["backend"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_rows = Gauge(
+            "rankserve_queue_rows", "Rows waiting in the batcher queue.", registry=r)
+        self.inflight_batches = Gauge(
+            "rankserve_inflight_batches", "Batches running on the backend now.", registry=r)
+        self.shed = Counter(
+            "rankserve_shed", "Requests refused with 429 because the queue was full.",
+            registry=r)
+        self.deadline_exceeded = Counter(
+            "rankserve_deadline_exceeded", "Requests answered 504 because their budget ran out.",
+            registry=r)
+        self.latency_model_error = Histogram(
+            "rankserve_latency_model_error_seconds",
+            "Absolute error of the batcher's predicted batch service time.",
+            ["backend"], buckets=LATENCY_BUCKETS, registry=r)
+
+    def register(self, collector: Collector) -> None:
+        """Add a custom collector (the GPU collector) to this registry."""
+        self.registry.register(collector)
+
+    def render(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)
