@@ -24,8 +24,8 @@ RUN python -m venv /opt/rankserve \
     && /opt/rankserve/bin/pip install ".[${ORT}]" ${EXTRA_PIP}
 
 FROM python:${PYTHON_VERSION}-slim
-# uid/gid 1000 on purpose: in the chart's sidecar topology the gateway and Triton (whose NGC
-# image has `triton-server` as uid 1000) must share a user to open each other's 0600
+# uid/gid 1000 on purpose: the chart runs every container of a pod as uid 1000, because in
+# its sidecar topology the gateway and Triton must share a user to open each other's 0600
 # shared-memory regions in /dev/shm.
 RUN groupadd --gid 1000 rankserve \
     && useradd --uid 1000 --gid 1000 --home-dir /app --no-create-home \

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from serving.settings import Settings
 
@@ -208,3 +209,21 @@ def test_dashboard_uses_real_metric_names(render: Any) -> None:
     families = {re.sub(r"_(bucket|sum|count|total)$", "", n) for n in _gateway_series()}
     shown = {re.sub(r"_(bucket|sum|count|total)$", "", n) for n in used}
     assert families <= shown, sorted(families - shown)
+
+
+def test_prometheus_adapter_rules_serve_the_hpa_metrics(render: Any) -> None:
+    """The adapter rules shipped in helm/ produce exactly the metrics the HPAs ask for,
+    computed from series the gateway and Triton really export."""
+    rules = yaml.safe_load((CHART.parent / "prometheus-adapter-values.yaml").read_text())
+    served = {r["name"]["as"]: r for r in rules["rules"]["custom"]}
+    rendered = render("--set", "topology=separate", "--set", "autoscaling.enabled=true")
+    wanted = {m["pods"]["metric"]["name"]
+              for hpa in rendered.by_kind["HorizontalPodAutoscaler"]
+              for m in hpa["spec"]["metrics"] if m["type"] == "Pods"}
+    assert wanted == set(served)
+    known = _gateway_series() | TRITON_METRICS
+    for name, rule in served.items():
+        series = set(re.findall(r"\b(?:rankserve|nv)_[a-z_]+\b",
+                                rule["seriesQuery"] + rule["metricsQuery"]))
+        assert series <= known, (name, sorted(series - known))
+        assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
