@@ -186,8 +186,12 @@ def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
 
 @pytest.fixture(scope="session")
 def render(helm: Helm) -> Callable[..., Rendered]:
-    """``render(*helm_args, chart=None)``: template and index one release."""
+    """``render(*helm_args, chart=None)``: template and index one release.
 
+    Renders are memoised per arguments (helm is deterministic): tests must not mutate them.
+    """
+
+    @functools.cache
     def _render(*args: str, chart: Path | None = None) -> Rendered:
         return Rendered(helm.template(*args, chart=chart))
 

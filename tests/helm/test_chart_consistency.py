@@ -130,6 +130,22 @@ def test_gateway_and_triton_agree(render: Any, tmp_path: Path, topology: str,
         assert settings.port not in triton_ports | {grpc_port}
 
 
+def _pre_stop_sleep(container: dict[str, Any]) -> int:
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    return int(command[1])
+
+
+def test_triton_outlives_its_gateway_on_shutdown(render: Any) -> None:
+    """Pods leave the endpoints before SIGTERM, and in a sidecar pod Triton keeps serving
+    while the gateway drains its queue through it; the grace period covers both."""
+    rendered = render()
+    pod = rendered.one("Deployment", "-triton")["spec"]["template"]["spec"]
+    gateway = _pre_stop_sleep(rendered.container("-triton", "gateway"))
+    triton = _pre_stop_sleep(rendered.container("-triton", "triton"))
+    assert 0 < gateway < triton < pod["terminationGracePeriodSeconds"]
+
+
 def test_config_change_restarts_pods(render: Any) -> None:
     """The pod template carries the config's checksum, so a settings change rolls pods."""
     before = render().one("Deployment", "-triton")["spec"]["template"]["metadata"]

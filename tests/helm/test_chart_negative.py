@@ -64,6 +64,8 @@ def test_unknown_values_key(render: Any, values: list[str], message: str) -> Non
      "gateway.port 8001 collides with a Triton port in the same pod (topology sidecar)"),
     (["--set", "gateway.auth.enabled=true"],
      "gateway.auth.enabled needs gateway.auth.existingSecret or gateway.auth.token"),
+    (["--set", "gateway.preStopSleepSeconds=20"],
+     "triton.preStopSleepSeconds must exceed gateway.preStopSleepSeconds (topology sidecar)"),
 ])
 def test_inconsistent_values_fail_with_the_reason(render: Any, values: list[str],
                                                   message: str) -> None:

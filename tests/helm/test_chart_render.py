@@ -251,7 +251,8 @@ def test_notes_say_how_to_reach_the_service(helm: Any) -> None:
         result = helm.run("install", "rel", str(CHART), "--namespace", "ranking",
                           "--dry-run=client", *extra)
         assert result.returncode == 0, result.stderr
-        return result.stdout.split("NOTES:", 1)[1]
+        text: str = result.stdout
+        return text.split("NOTES:", 1)[1]
 
     default = notes()
     assert "http://rel-rankserve.ranking.svc:80/v1/rank" in default

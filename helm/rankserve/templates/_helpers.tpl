@@ -124,6 +124,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and (eq .Values.topology "sidecar") (has (int .Values.gateway.port) (list (int .Values.triton.ports.http) (int .Values.triton.ports.grpc) (int .Values.triton.ports.metrics))) }}
 {{- fail (printf "gateway.port %d collides with a Triton port in the same pod (topology sidecar)" (int .Values.gateway.port)) }}
 {{- end }}
+{{- if and (eq .Values.topology "sidecar") (le (int .Values.triton.preStopSleepSeconds) (int .Values.gateway.preStopSleepSeconds)) }}
+{{- fail "triton.preStopSleepSeconds must exceed gateway.preStopSleepSeconds (topology sidecar): Triton has to outlive its gateway's drain" }}
+{{- end }}
+{{- if le (int .Values.triton.terminationGracePeriodSeconds) (int .Values.triton.preStopSleepSeconds) }}
+{{- fail "triton.terminationGracePeriodSeconds must exceed triton.preStopSleepSeconds" }}
+{{- end }}
 {{- if and .Values.gateway.auth.enabled (not .Values.gateway.auth.existingSecret) (not .Values.gateway.auth.token) }}
 {{- fail "gateway.auth.enabled needs gateway.auth.existingSecret or gateway.auth.token" }}
 {{- end }}
@@ -238,6 +244,10 @@ app.kubernetes.io/component: {{ .component }}
       port: http
     periodSeconds: {{ .Values.gateway.readinessProbe.periodSeconds }}
     failureThreshold: {{ .Values.gateway.readinessProbe.failureThreshold }}
+  lifecycle:
+    preStop:
+      exec:
+        command: ["sleep", "{{ .Values.gateway.preStopSleepSeconds }}"]
   securityContext:
     {{- toYaml .Values.gateway.securityContext | nindent 4 }}
   resources:
