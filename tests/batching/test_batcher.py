@@ -16,7 +16,7 @@ from serving.batching.batcher import Batcher, BatchPolicy, Slots
 from serving.batching.layout import CandidateLayout
 from serving.errors import BackendError, BadRequest, DeadlineExceeded, Overloaded, Unavailable
 from serving.telemetry.metrics import Metrics
-from tests.batching.conftest import PausableBackend
+from tests.batching.pausable import PausableBackend
 from tests.batching.tiny_models import gather_add_expected
 
 LAYOUT = CandidateLayout(("u",), ("x",), "idx")

@@ -1,0 +1,1 @@
+"""The HTTP gateway: aiohttp app, codecs, handlers and the data plane they share."""

@@ -1,0 +1,259 @@
+"""The data plane: one object that owns models, backend and batchers, and scores requests.
+
+``/v1/rank`` and ``/v2`` handlers only translate HTTP into calls on :class:`DataPlane`
+(:meth:`DataPlane.rank`, :meth:`DataPlane.infer`); both go through the same batcher, so a
+``/v2`` request for the ranker shares batches with ``/v1/rank`` traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.backends.base import Backend
+from serving.backends.factory import build_backend
+from serving.batching.batcher import Batcher, BatchPolicy, Slots
+from serving.batching.layout import CandidateLayout
+from serving.batching.work import JobResult
+from serving.errors import BackendError, NotFound, Unavailable
+from serving.gateway.models import ServedModel, scan_repository
+from serving.ranking.features import ITEM_TO_USER, PROBS, FeatureEncoder
+from serving.ranking.value import ValueModel, top_k
+from serving.settings import Settings
+from serving.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+BackendFactory = Callable[[Settings, Mapping[str, Path]], Backend]
+WARMUP_ROWS = (1, 32, 256, 1024)
+
+
+@dataclass
+class RankRequest:
+    """A decoded ``/v1/rank`` request: raw feature columns plus options."""
+
+    user: dict[str, Any]
+    candidates: Mapping[str, Any]
+    n: int
+    context: dict[str, Any] = field(default_factory=dict)
+    history: Any = None
+    model: str | None = None
+    top_k: int | None = None
+    budget_ms: float | None = None
+    weights: Any = None
+    return_tasks: Any = None
+    request_id: str | None = None
+
+
+@dataclass
+class RankResult:
+    model: ServedModel
+    video_ids: np.ndarray
+    scores: np.ndarray
+    probs: dict[str, np.ndarray]
+    degraded: bool
+    timings: dict[str, float]
+
+
+@dataclass
+class Ranker:
+    """What ``/v1/rank`` needs beyond the raw model: the encoder and the value model."""
+
+    model: ServedModel
+    encoder: FeatureEncoder
+    value: ValueModel
+
+
+class DataPlane:
+    """Loads the repository, runs the backend and one batcher per model.
+
+    Open with :meth:`start` and close with :meth:`aclose` (the app's cleanup context).
+    """
+
+    def __init__(self, settings: Settings, metrics: Metrics,
+                 backend_factory: BackendFactory = build_backend) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._backend_factory = backend_factory
+        self.models: dict[str, ServedModel] = {}
+        self.rankers: dict[str, Ranker] = {}
+        self.batchers: dict[str, Batcher] = {}
+        self.backend: Backend | None = None
+        self.draining = False
+        self._started = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load every model, start the backend, warm it up, start the batchers.
+
+        Raises:
+            ModelCardError: the repository or a model in it is invalid.
+            RankServeError: the backend failed to start.
+        """
+        s = self.settings
+        self.models = scan_repository(s.model_repository)
+        for model in self.models.values():
+            if model.card is not None and isinstance(model.layout(), CandidateLayout):
+                self.rankers[model.name] = Ranker(
+                    model, FeatureEncoder.from_card(model.card.features),
+                    ValueModel(model.card.tasks, model.card.value_weights))
+        self.backend = self._backend_factory(s, {m.name: m.onnx_path
+                                                 for m in self.models.values()})
+        await self.backend.start()
+        slots = Slots(self.backend.instances)
+        for model in self.models.values():
+            mbs = model.max_batch_size or s.batch_rows
+            policy = BatchPolicy(batch_rows=min(s.batch_rows, mbs),
+                                 chunk_rows=min(s.chunk_rows, mbs),
+                                 max_wait_s=s.max_wait_ms / 1e3,
+                                 max_queue_rows=s.max_queue_rows, batching=s.batching)
+            batcher = Batcher(self.backend, model.name, model.layout(), policy, self.metrics,
+                              slots)
+            await self._warm_up(batcher, model)
+            await batcher.start()
+            self.batchers[model.name] = batcher
+        self._started = True
+        log.info("serving models %s on backend %s (%d instance(s)); /v1/rank models: %s",
+                 sorted(self.models), self.backend.name, self.backend.instances,
+                 sorted(self.rankers))
+
+    async def _warm_up(self, batcher: Batcher, model: ServedModel) -> None:
+        """First runs allocate memory and pick kernels; they also seed the latency model."""
+        layout = batcher.layout
+        if not isinstance(layout, CandidateLayout) or self.backend is None:
+            return
+        for i, rows in enumerate(r for r in WARMUP_ROWS if r <= batcher.policy.batch_rows):
+            inputs = {}
+            for t in model.inputs:
+                n = 1 if t.name in layout.shared else rows
+                shape = [n if axis == 0 and d < 0 else max(d, 1) for axis, d in enumerate(t.shape)]
+                inputs[t.name] = np.zeros(shape, dtype=t.dtype)
+            loop = asyncio.get_running_loop()
+            for repeat in range(2):
+                started = loop.time()
+                await self.backend.infer(model.name, inputs, 60.0)
+                if i or repeat:  # the very first run includes one-off setup costs
+                    batcher.latency.observe(rows, loop.time() - started)
+        fixed, per_row = batcher.latency.coefficients
+        log.info("warmed up %s: predicted batch time %.3f ms + %.2f us/row", model.name,
+                 fixed * 1e3, per_row * 1e6)
+
+    async def aclose(self) -> None:
+        """Drain: stop batchers (queued work gets 503, running batches finish), then the
+        backend. Safe to call twice."""
+        self._started = False
+        for batcher in self.batchers.values():
+            await batcher.aclose()
+        self.batchers.clear()
+        if self.backend is not None:
+            await self.backend.aclose()
+            self.backend = None
+
+    def readiness(self) -> str | None:
+        """``None`` when ready, else why not (``/readyz`` reports it with a 503)."""
+        if self.draining:
+            return "the server is shutting down"
+        if not self._started or self.backend is None:
+            return "models are not loaded"
+        if not self.backend.healthy():
+            return f"backend {self.backend.name} is not healthy"
+        return None
+
+    # -- scoring ---------------------------------------------------------------------------
+
+    def model(self, name: str, version: str | None = None) -> ServedModel:
+        """A served model by name (and version, if given).
+
+        Raises:
+            NotFound: no such model or version.
+        """
+        model = self.models.get(name)
+        if model is None:
+            raise NotFound(f"unknown model '{name}'", field="model")
+        if version not in (None, "", str(model.version)):
+            raise NotFound(f"model '{name}' has no version {version} (serving "
+                           f"{model.version})", field="version")
+        return model
+
+    def ranker(self, name: str | None) -> Ranker:
+        """The rankable model ``name`` (default: ``settings.default_model``).
+
+        Raises:
+            NotFound: no such model, or it has no model card.
+        """
+        name = name or self.settings.default_model
+        ranker = self.rankers.get(name)
+        if ranker is None:
+            self.model(name)
+            raise NotFound(f"model '{name}' has no model card; /v1/rank needs one",
+                           field="model")
+        return ranker
+
+    async def rank(self, request: RankRequest, deadline: float) -> RankResult:
+        """Encode, score (batched), apply the value model and rank.
+
+        Raises:
+            BadRequest (or a subclass): invalid options or features, naming the field.
+            NotFound: unknown model.
+            Overloaded, DeadlineExceeded, Unavailable, BackendError: see Batcher.submit.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        ranker = self.ranker(request.model)
+        weights = ranker.value.weights(request.weights)
+        shown = ranker.value.task_indices(request.return_tasks)
+        encoder, n = ranker.encoder, request.n
+        tensors = encoder.encode_items(request.candidates, n)
+        users = {k: [v] for k, v in request.user.items()}
+        contexts = {k: [v] for k, v in request.context.items()}
+        tensors.update(encoder.encode_users(users, contexts, [request.history], 1))
+        tensors[ITEM_TO_USER] = np.zeros(n, dtype=np.int64)
+        encoded = loop.time()
+        result = await self._submit(ranker.model.name, tensors, deadline)
+        probs = result.outputs[PROBS]
+        if probs.shape != (n, len(ranker.value.tasks)):
+            raise BackendError(f"model returned probs of shape {probs.shape}, expected "
+                               f"({n}, {len(ranker.value.tasks)})")
+        scores = ValueModel.score(probs, weights)
+        order = top_k(scores, request.top_k)
+        ids = _ids(request.candidates["video_id"])[order]
+        tasks = ranker.value.tasks
+        done = loop.time()
+        timings = {"encode_ms": (encoded - started) * 1e3, "queue_ms": result.queue_s * 1e3,
+                   "backend_ms": result.backend_s * 1e3, "batch_rows": result.batch_rows,
+                   "server_ms": (done - started) * 1e3}
+        return RankResult(ranker.model, ids, scores[order],
+                          {tasks[j]: probs[order, j] for j in shown}, result.degraded, timings)
+
+    async def infer(self, model: ServedModel, inputs: Mapping[str, np.ndarray],
+                    deadline: float) -> JobResult:
+        """Run validated raw tensors through ``model`` (the ``/v2`` path), batched.
+
+        Raises:
+            BadRequest, Overloaded, DeadlineExceeded, Unavailable, BackendError.
+        """
+        return await self._submit(model.name, inputs, deadline)
+
+    async def _submit(self, model: str, inputs: Mapping[str, np.ndarray],
+                      deadline: float) -> JobResult:
+        batcher = self.batchers.get(model)
+        if batcher is None:
+            raise Unavailable("models are not loaded yet")
+        return await batcher.submit(inputs, deadline)
+
+
+def _ids(raw: Any) -> np.ndarray:
+    """Candidate ids as sent (already validated as integers by the encoder)."""
+    if isinstance(raw, np.ndarray):
+        return raw.astype(np.int64, copy=False)
+    try:
+        return np.asarray(raw, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        return np.asarray(raw, dtype=np.float64).astype(np.int64)

@@ -1,0 +1,105 @@
+"""The one middleware: request id, auth, error mapping, latency metric and access log.
+
+Every :class:`~serving.errors.RankServeError` becomes ``{"error": {"code", "message",
+"field"}, "request_id"}`` with the error's own status; routing errors (unknown path, wrong
+method) get the same shape; anything unexpected is a 500 whose body says nothing about
+internals (the traceback goes to the log, with the request id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from serving.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    NotFound,
+    Overloaded,
+    RankServeError,
+    Unauthorized,
+)
+from serving.gateway.keys import ARRIVAL, METRICS, REQUEST_ID, SETTINGS
+from serving.telemetry.logs import request_id_var
+
+log = logging.getLogger("rankserve.access")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PROTECTED = ("/v1/", "/v2")
+STATUS_CLIENT_CLOSED = 499  # nginx's convention, used only in metrics and logs
+
+
+def error_response(error: RankServeError, request_id: str) -> web.Response:
+    body = orjson.dumps({"error": error.to_dict(), "request_id": request_id})
+    response = web.Response(body=body, status=error.status, content_type="application/json")
+    if isinstance(error, Overloaded):
+        response.headers["Retry-After"] = str(int(max(1.0, error.retry_after_s)))
+    return response
+
+
+def _from_http(e: web.HTTPException) -> RankServeError:
+    """aiohttp's own routing errors, in the project's error shape."""
+    if isinstance(e, web.HTTPNotFound):
+        return NotFound("no such endpoint", field="path")
+    error = BadRequest(e.reason or "bad request", field="method"
+                       if isinstance(e, web.HTTPMethodNotAllowed) else None)
+    error.status = e.status
+    error.code = "method_not_allowed" if isinstance(e, web.HTTPMethodNotAllowed) \
+        else "bad_request"
+    return error
+
+
+def _check_auth(request: web.Request) -> None:
+    token = request.app[SETTINGS].auth_token
+    if token and request.path.startswith(PROTECTED) \
+            and request.headers.get("Authorization") != f"Bearer {token}":
+        raise Unauthorized("a valid bearer token is required", field="Authorization")
+
+
+@web.middleware
+async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    loop = asyncio.get_running_loop()
+    request[ARRIVAL] = arrival = loop.time()
+    request[REQUEST_ID] = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    token = request_id_var.set(request[REQUEST_ID])
+    metrics = request.app[METRICS]
+    status = STATUS_CLIENT_CLOSED
+    try:
+        try:
+            _check_auth(request)
+            response = await handler(request)
+        except RankServeError as e:
+            response = _error(e, request)
+        except web.HTTPException as e:
+            response = _error(_from_http(e), request)
+        except Exception:
+            log.exception("unhandled error", extra={"path": request.path})
+            response = _error(RankServeError("internal error"), request)
+        status = response.status
+        response.headers["X-Request-Id"] = request[REQUEST_ID]
+        return response
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        elapsed = loop.time() - arrival
+        metrics.request_latency.labels(route, str(status)).observe(elapsed)
+        level = logging.DEBUG if status < 400 else logging.INFO
+        log.log(level, "%s %s %d", request.method, request.path, status,
+                extra={"status": status, "ms": round(elapsed * 1e3, 3), "route": route})
+        request_id_var.reset(token)
+
+
+def _error(error: RankServeError, request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    if isinstance(error, Overloaded):
+        metrics.shed.inc()
+    elif isinstance(error, DeadlineExceeded):
+        metrics.deadline_exceeded.inc()
+    if error.status >= 500:
+        log.warning("%s: %s", error.code, error.message)
+    return error_response(error, request[REQUEST_ID])

@@ -1,0 +1,101 @@
+"""KServe v2 / Triton HTTP protocol handlers under ``/v2``: translation only."""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any
+
+from aiohttp import web
+from google.protobuf import json_format
+
+from serving.errors import NotFound, Unavailable
+from serving.gateway import v2_codec
+from serving.gateway.handlers import BUDGET_HEADER, read_body
+from serving.gateway.keys import ARRIVAL, DATA_PLANE, SETTINGS
+from serving.gateway.models import ServedModel
+from serving.gateway.rank_codec import parse_budget
+
+EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+
+
+def _version() -> str:
+    try:
+        return metadata.version("rankserve")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _model(request: web.Request) -> ServedModel:
+    return request.app[DATA_PLANE].model(request.match_info["model"],
+                                         request.match_info.get("version"))
+
+
+async def server_metadata(request: web.Request) -> web.Response:
+    return web.json_response({"name": "rankserve", "version": _version(),
+                              "extensions": EXTENSIONS})
+
+
+async def server_live(request: web.Request) -> web.Response:
+    return web.json_response({"live": True})
+
+
+async def server_ready(request: web.Request) -> web.Response:
+    reason = request.app[DATA_PLANE].readiness()
+    if reason is not None:
+        raise Unavailable(reason)
+    return web.json_response({"ready": True})
+
+
+async def model_metadata(request: web.Request) -> web.Response:
+    model = _model(request)
+    return web.json_response({
+        "name": model.name, "versions": [str(model.version)], "platform": "onnxruntime_onnx",
+        "inputs": [t.to_dict() for t in model.inputs],
+        "outputs": [t.to_dict() for t in model.outputs]})
+
+
+async def model_ready(request: web.Request) -> web.Response:
+    model = _model(request)
+    reason = request.app[DATA_PLANE].readiness()
+    if reason is not None:
+        raise Unavailable(reason)
+    return web.json_response({"name": model.name, "ready": True})
+
+
+async def model_config(request: web.Request) -> web.Response:
+    config: dict[str, Any] = json_format.MessageToDict(_model(request).config,
+                                                       preserving_proto_field_name=True)
+    return web.json_response(config)
+
+
+async def infer(request: web.Request) -> web.Response:
+    """``POST /v2/models/{model}[/versions/{version}]/infer``, JSON or binary tensors."""
+    model = _model(request)
+    settings = request.app[SETTINGS]
+    body = await read_body(request)
+    decoded = v2_codec.decode(body, request.headers.get(v2_codec.HEADER_LENGTH), model)
+    if decoded.timeout_us is not None:
+        budget_ms = parse_budget(decoded.timeout_us / 1e3, "parameters.timeout",
+                                 settings.max_budget_ms)
+    else:
+        budget_ms = parse_budget(request.headers.get(BUDGET_HEADER), BUDGET_HEADER,
+                                 settings.max_budget_ms)
+    deadline = request[ARRIVAL] + (budget_ms or settings.default_budget_ms) / 1e3
+    result = await request.app[DATA_PLANE].infer(model, decoded.inputs, deadline)
+    missing = [name for name in decoded.outputs if name not in result.outputs]
+    if missing:
+        raise NotFound(f"the model produced no output '{missing[0]}'", field="outputs")
+    body, headers = v2_codec.encode(model, result.outputs, decoded)
+    return web.Response(body=body, headers=headers)
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the v2 routes, each with and without an explicit version."""
+    app.router.add_get("/v2", server_metadata)
+    app.router.add_get("/v2/health/live", server_live)
+    app.router.add_get("/v2/health/ready", server_ready)
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        app.router.add_get(prefix, model_metadata)
+        app.router.add_get(prefix + "/ready", model_ready)
+        app.router.add_get(prefix + "/config", model_config)
+        app.router.add_post(prefix + "/infer", infer)

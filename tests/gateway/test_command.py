@@ -1,0 +1,62 @@
+"""``rankserve serve``: flags generated from the settings, and a real process that starts,
+answers, and shuts down cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from serving.settings import Settings
+from tests.gateway.conftest import REPOSITORY
+
+PROJECT = REPOSITORY.parent
+
+
+def test_help_lists_every_setting_with_its_default() -> None:
+    out = subprocess.run([sys.executable, "-m", "serving.cli", "serve", "--help"],
+                         capture_output=True, text=True, check=True, cwd=PROJECT,
+                         env={**os.environ, "COLUMNS": "200"}).stdout
+    for name, info in Settings.model_fields.items():
+        assert f"--{name.replace('_', '-')}" in out, name
+        assert f"RANKSERVE_{name.upper()}" in out, name
+        if isinstance(info.default, (int, float, str)) and not isinstance(info.default, bool):
+            assert f"default: {info.default}" in out, name
+    assert "--config" in out
+
+
+def test_serve_starts_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("max_wait_ms: 1.0\nbatch_rows: 512\n")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving.cli", "serve", "--port", "0", "--config", str(config),
+         "--model-repository", str(REPOSITORY)],
+        cwd=PROJECT, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "RANKSERVE_DEFAULT_BUDGET_MS": "5000"})
+    try:
+        assert process.stderr is not None
+        address = None
+        for line in process.stderr:  # JSON log lines; the listening one carries the address
+            entry = json.loads(line)
+            if entry["msg"].startswith("listening on"):
+                address = entry["addresses"][0]
+                break
+        assert address is not None
+        with urllib.request.urlopen(f"{address}/readyz", timeout=10) as response:
+            assert response.status == 200
+        body = json.dumps({"user": {"user_id": 1},
+                           "candidates": [{"video_id": 1}, {"video_id": 2}]}).encode()
+        request = urllib.request.Request(f"{address}/v1/rank", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert sorted(json.loads(response.read())["video_id"]) == [1, 2]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
