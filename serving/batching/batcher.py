@@ -208,9 +208,7 @@ class Batcher:
             if not chunks:  # everything queued was cancelled meanwhile
                 self.slots.release()
                 continue
-            task = asyncio.get_running_loop().create_task(self._run_batch(chunks))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._launch(chunks)
 
     async def _wait_for_work(self) -> None:
         while True:
@@ -290,16 +288,26 @@ class Batcher:
                 set_if_pending(chunk.job.future, error=DeadlineExceeded(
                     "the request's budget ran out while it was queued"))
 
-    async def _run_batch(self, chunks: list[Chunk]) -> None:
+    def _launch(self, chunks: list[Chunk]) -> None:
+        """Mark the chunks running and start their batch. Synchronous with :meth:`_take`
+        (no await in between), so a job cancelled now cannot be counted out twice."""
         loop = asyncio.get_running_loop()
         dispatched = loop.time()
-        rows = sum(c.rows for c in chunks)
+        rows = 0
         for chunk in chunks:
             chunk.state = ChunkState.RUNNING
+            rows += chunk.rows
             self.metrics.queue_wait.observe(dispatched - chunk.job.enqueued_at)
         self._add_queued(-rows)
         self.metrics.inflight_batches.inc()
         self.metrics.batch_rows.labels(self.model).observe(rows)
+        task = loop.create_task(self._run_batch(chunks, dispatched))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _run_batch(self, chunks: list[Chunk], dispatched: float) -> None:
+        loop = asyncio.get_running_loop()
+        rows = sum(c.rows for c in chunks)
         try:
             inputs, rows = self.layout.merge(chunks)
             timeout = max(c.deadline for c in chunks) - loop.time()
