@@ -276,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         server.start()
-        print(json.dumps({"grpc": server.grpc_url, "http": server.http_url,
+        print(json.dumps({"pid": server.pid, "grpc": server.grpc_url, "http": server.http_url,
                           "metrics": f"http://127.0.0.1:{server.metrics_port}/metrics",
                           "models": server.models, "log": str(server.log_path)}), flush=True)
         while server.running():
