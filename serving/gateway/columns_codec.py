@@ -26,6 +26,7 @@ import numpy as np
 import orjson
 
 from serving.errors import BadRequest
+from serving.ranking.features import DictColumn
 
 CONTENT_TYPE = "application/x-rankserve-columns"
 MAGIC = b"RSC1"
@@ -140,5 +141,4 @@ def _decode_column(body: bytes, spec: Any, i: int, n: int, offset: int
     if n and (values.min() < -1 or values.max() >= len(strings)):
         raise BadRequest(f"column '{name}' has codes outside its values",
                          field=f"candidates.{name}")
-    table = np.array([*strings, None], dtype=object)  # code -1 picks the trailing None
-    return name, table[values], stop
+    return name, DictColumn(strings, values), stop

@@ -119,6 +119,19 @@ ALL_CATEGORICAL = (USER_ID_SPEC, ITEM_ID_SPEC, *USER_CATEGORICAL, *ITEM_CATEGORI
 ALL_NUMERIC = (*USER_NUMERIC, *ITEM_NUMERIC)
 
 
+@dataclass(frozen=True)
+class DictColumn:
+    """A dictionary-encoded string column: row ``i`` is ``values[codes[i]]``, code -1 is
+    missing. The binary request encoding carries strings this way, so a vocabulary lookup
+    runs once per distinct value instead of once per row."""
+
+    values: Sequence[str]
+    codes: npt.NDArray[np.int32]
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+
 def field_path(side: Side, name: str) -> str:
     """The request-body path of a feature, used in every error message."""
     return f"{_FIELD_PREFIX[side]}.{name}"
@@ -184,6 +197,9 @@ class Vocabulary:
 
     def _lookup_str(self, raw: Any, n: int) -> npt.NDArray[np.int64]:
         _check_length(raw, n, self.path)
+        if isinstance(raw, DictColumn):
+            table = np.array([*(self._str_ids.get(str(v), 0) for v in raw.values), 0])
+            return table[raw.codes].astype(np.int64)
         ids = np.zeros(n, dtype=np.int64)
         get = self._str_ids.get
         for i, v in enumerate(raw):
