@@ -306,6 +306,32 @@ class Batcher:
         task.add_done_callback(self._running.discard)
 
     async def _run_batch(self, chunks: list[Chunk], dispatched: float) -> None:
+        """Score one batch, holding its instance. If the backend fails on a batch of
+        several requests, each request is retried alone, so one request's bad tensors
+        (say, an id past an embedding table) fail only that request."""
+        try:
+            error = await self._score(chunks, dispatched)
+            if error is None:
+                return
+            jobs: dict[int, list[Chunk]] = {}
+            for chunk in chunks:
+                jobs.setdefault(id(chunk.job), []).append(chunk)
+            if not isinstance(error, BackendError) or len(jobs) == 1:
+                self._fail(chunks, error)
+                return
+            log.warning("a batch of %d requests failed; retrying each alone", len(jobs),
+                        extra={"model": self.model})
+            for group in jobs.values():
+                if not group[0].job.future.done():
+                    failed = await self._score(group, asyncio.get_running_loop().time())
+                    if failed is not None:
+                        self._fail(group, failed)
+        finally:
+            self.metrics.inflight_batches.dec()
+            self.slots.release()
+
+    async def _score(self, chunks: list[Chunk], dispatched: float) -> RankServeError | None:
+        """Merge, infer, split and complete the chunks; the error instead, if any."""
         loop = asyncio.get_running_loop()
         rows = sum(c.rows for c in chunks)
         try:
@@ -315,21 +341,17 @@ class Batcher:
             elapsed = loop.time() - dispatched
             parts = self.layout.split(output.outputs, chunks, rows)
         except RankServeError as e:
-            self._fail(chunks, e)
-            return
+            return e
         except Exception:
             log.exception("backend failed on a batch", extra={"model": self.model,
                                                               "rows": rows})
-            self._fail(chunks, BackendError("the backend failed on this request's batch"))
-            return
-        finally:
-            self.metrics.inflight_batches.dec()
-            self.slots.release()
+            return BackendError("the backend failed on this request's batch")
         error = self.latency.observe(rows, elapsed)
         self.metrics.backend_latency.labels(self.backend.name).observe(elapsed)
         self.metrics.latency_model_error.labels(self.backend.name).observe(abs(error))
         for chunk, part in zip(chunks, parts, strict=True):
             chunk.job.complete(chunk, part, output.degraded, dispatched, elapsed, rows)
+        return None
 
     @staticmethod
     def _fail(chunks: list[Chunk], error: RankServeError) -> None:

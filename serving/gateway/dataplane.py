@@ -21,9 +21,22 @@ from serving.backends.factory import build_backend
 from serving.batching.batcher import Batcher, BatchPolicy, Slots
 from serving.batching.layout import CandidateLayout
 from serving.batching.work import JobResult
-from serving.errors import BackendError, NotFound, Unavailable
+from serving.errors import BackendError, BadRequest, NotFound, Unavailable
 from serving.gateway.models import ServedModel, scan_repository
-from serving.ranking.features import ITEM_TO_USER, PROBS, FeatureEncoder
+from serving.ranking.features import (
+    HISTORY,
+    ITEM_CAT,
+    ITEM_CATEGORICAL,
+    ITEM_ID,
+    ITEM_ID_SPEC,
+    ITEM_TO_USER,
+    PROBS,
+    USER_CAT,
+    USER_CATEGORICAL,
+    USER_ID,
+    USER_ID_SPEC,
+    FeatureEncoder,
+)
 from serving.ranking.value import ValueModel, top_k
 from serving.settings import Settings
 from serving.telemetry.metrics import Metrics
@@ -68,6 +81,24 @@ class Ranker:
     model: ServedModel
     encoder: FeatureEncoder
     value: ValueModel
+
+    def check_ids(self, inputs: Mapping[str, np.ndarray]) -> None:
+        """Raw ``/v2`` id tensors must index the model's embedding tables: one id past a
+        table would fail ONNX Runtime for every request in the batch.
+
+        Raises:
+            BadRequest: an id is negative or past its feature's vocabulary.
+        """
+        sizes = self.encoder.cardinalities()
+        limits = {USER_ID: sizes[USER_ID_SPEC.name], ITEM_ID: sizes[ITEM_ID_SPEC.name],
+                  HISTORY: sizes[ITEM_ID_SPEC.name],
+                  USER_CAT: np.array([sizes[s.name] for s in USER_CATEGORICAL]),
+                  ITEM_CAT: np.array([sizes[s.name] for s in ITEM_CATEGORICAL])}
+        for name, limit in limits.items():
+            ids = inputs[name]
+            if ids.size and ((ids < 0).any() or (ids >= limit).any()):
+                raise BadRequest(f"'{name}' holds ids outside the model's vocabulary",
+                                 field=f"inputs.{name}")
 
 
 class DataPlane:
@@ -239,6 +270,9 @@ class DataPlane:
         Raises:
             BadRequest, Overloaded, DeadlineExceeded, Unavailable, BackendError.
         """
+        ranker = self.rankers.get(model.name)
+        if ranker is not None:
+            ranker.check_ids(inputs)
         return await self._submit(model.name, inputs, deadline)
 
     async def _submit(self, model: str, inputs: Mapping[str, np.ndarray],

@@ -112,6 +112,7 @@ def _decode_input(entry: Any, i: int, specs: Mapping[str, TensorInfo], binary: b
                              field=where)
         data = np.frombuffer(binary, dtype=spec.dtype.newbyteorder("<"), count=count,
                              offset=offset).astype(spec.dtype, copy=False)
+        _check_finite(data, name)
         return name, data.reshape(shape), offset + size
     try:
         data = np.asarray(entry.get("data"), dtype=spec.dtype)
@@ -120,9 +121,13 @@ def _decode_input(entry: Any, i: int, specs: Mapping[str, TensorInfo], binary: b
             from None
     if data.size != count:
         raise BadRequest(f"'{name}' has {data.size} values for shape {shape}", field=where)
-    if data.dtype.kind == "f" and not np.isfinite(data).all():
-        raise BadRequest(f"'{name}' must hold finite numbers", field=where)
+    _check_finite(data, name)
     return name, data.reshape(shape), offset
+
+
+def _check_finite(data: np.ndarray, name: str) -> None:
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        raise BadRequest(f"'{name}' must hold finite numbers", field=f"inputs.{name}")
 
 
 def _requested_outputs(doc: Mapping[str, Any], model: ServedModel,

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from serving.backends.onnx_runtime import OnnxRuntimeBackend
 from serving.batching.batcher import Batcher, BatchPolicy, Slots
 from serving.batching.layout import CandidateLayout
 from serving.errors import BackendError, BadRequest, DeadlineExceeded, Overloaded, Unavailable
 from serving.telemetry.metrics import Metrics
 from tests.batching.pausable import PausableBackend
-from tests.batching.tiny_models import gather_add_expected
+from tests.batching.tiny_models import EMBEDDING_CONFIG, embedding, gather_add_expected, write_model
 
 LAYOUT = CandidateLayout(("u",), ("x",), "idx")
 Factory = Callable[..., Batcher]
@@ -252,3 +254,28 @@ async def test_close_fails_queued_work_and_finishes_running(make_batcher: Factor
         await queued
     with pytest.raises(Unavailable):
         await batcher.submit(make_inputs(rng, 1, 1), deadline(30))
+
+
+async def test_one_poisoned_request_fails_alone(tmp_path: Path) -> None:
+    path = write_model(tmp_path, "embedding", embedding(10), EMBEDDING_CONFIG)
+    backend = PausableBackend(OnnxRuntimeBackend({"embedding": path}))
+    await backend.start()
+    batcher = Batcher(backend, "embedding", CandidateLayout((), ("ids",)),
+                      BatchPolicy(max_wait_s=0.05), Metrics(), Slots(1))
+    await batcher.start()
+    try:
+        backend.gate.clear()
+        jobs = [np.array([1, 2]), np.array([3, 1000]), np.array([9])]  # 1000: no such row
+        tasks = [asyncio.ensure_future(batcher.submit({"ids": ids}, deadline(30)))
+                 for ids in jobs]
+        await backend.until_waiting(1)
+        assert len(backend.calls[0]["ids"]) == 5  # all three in one batch
+        backend.gate.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(results[1], BackendError)
+        for ids, result in ((jobs[0], results[0]), (jobs[2], results[2])):
+            assert not isinstance(result, BaseException)
+            np.testing.assert_array_equal(result.outputs["y"][:, 0], ids * 2)
+    finally:
+        await batcher.aclose()
+        await backend.aclose()

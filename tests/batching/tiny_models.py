@@ -47,6 +47,27 @@ def affine() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=OPSET)
 
 
+def embedding(size: int = 10) -> onnx.ModelProto:
+    """``y = table[ids]`` on ``ids [B]``: an id outside ``[0, size)`` makes ONNX Runtime fail
+    the whole run, like an id past a real embedding table."""
+    table = np.arange(size * 2, dtype=np.float32).reshape(size, 2)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["y"], axis=0)],
+        "embedding",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["B"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 2])],
+        [numpy_helper.from_array(table, "table")])
+    return helper.make_model(graph, opset_imports=OPSET)
+
+
+EMBEDDING_CONFIG = """\
+name: "embedding"
+platform: "onnxruntime_onnx"
+max_batch_size: 64
+input [ { name: "ids", data_type: TYPE_INT64, dims: [ ] } ]
+output [ { name: "y", data_type: TYPE_FP32, dims: [ 2 ] } ]
+"""
+
 AFFINE_CONFIG = """\
 name: "affine"
 platform: "onnxruntime_onnx"

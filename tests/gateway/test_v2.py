@@ -189,3 +189,19 @@ async def test_tritonclient_sees_errors_as_exceptions(start_gateway: GatewayFact
     with pytest.raises(InferenceServerException) as raised:
         await asyncio.to_thread(call)
     assert raised.value.status() == "404"
+
+
+async def test_ranker_ids_past_the_vocabulary_are_400(start_gateway: GatewayFactory,
+                                                      heldout: list[dict[str, Any]],
+                                                      reference: Reference) -> None:
+    gateway = await start_gateway()
+    tensors = encoded(reference, heldout[0])
+    tensors["item_cat"] = tensors["item_cat"].copy()
+    tensors["item_cat"][0, 0] = 10**9
+    body = {"inputs": [{"name": name, "datatype": "INT64" if v.dtype == np.int64 else "FP32",
+                        "shape": list(v.shape), "data": v.ravel().tolist()}
+                       for name, v in tensors.items()]}
+    response = await gateway.client.post("/v2/models/feed_ranker/infer", json=body)
+    error = await response.json()
+    assert response.status == 400, error
+    assert error["error"]["field"] == "inputs.item_cat"
