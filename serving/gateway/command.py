@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import typing
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args)
     except (ValidationError, OSError) as e:
-        print(f"rankserve serve: invalid settings: {e}")
+        print(f"rankserve serve: invalid settings: {e}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
     try:
