@@ -44,10 +44,15 @@ class CircuitBreaker:
         """Whether a call may go to the backend now; in half-open, only the one probe may."""
         if self._state is BreakerState.CLOSED:
             return True
-        if self._state is BreakerState.OPEN and self._clock() - self._opened_at >= self.reset_s:
+        if self.probe_due():
             self._state = BreakerState.HALF_OPEN
             return True
         return False
+
+    def probe_due(self) -> bool:
+        """Open, and the pause is over: the next call (or a health check) may probe."""
+        return (self._state is BreakerState.OPEN
+                and self._clock() - self._opened_at >= self.reset_s)
 
     def record_success(self) -> None:
         self._consecutive = 0

@@ -299,6 +299,10 @@ class TritonBackend(Backend):
                 if self.pool is not None:
                     self.pool.mark_unregistered()
                 self.breaker.reset()
+        elif ready and self.breaker.probe_due():
+            # Without traffic no call would probe, and a gateway that is not ready gets no
+            # traffic: a successful readiness check stands in for the probe.
+            self.breaker.reset()
         elif self._ready and not ready:
             log.warning("Triton at %s is not ready", self.url)
         self._ready = ready

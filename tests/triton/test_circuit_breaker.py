@@ -75,3 +75,12 @@ def test_abandoned_probe_frees_the_probe_slot(clock: Clock) -> None:
 def test_rejects_nonsense_thresholds() -> None:
     with pytest.raises(ValueError, match="failures >= 1"):
         CircuitBreaker(failures=0, reset_s=1.0)
+
+
+def test_probe_is_due_only_after_the_pause(clock: Clock) -> None:
+    breaker = CircuitBreaker(failures=1, reset_s=1.0, clock=clock)
+    assert not breaker.probe_due()
+    breaker.record_failure()
+    assert not breaker.probe_due()
+    clock.now += 1.0
+    assert breaker.probe_due()

@@ -13,6 +13,7 @@ import pytest
 from tritonclient.grpc.aio import InferenceServerClient
 
 from serving.backends import shared_memory
+from serving.backends.circuit_breaker import BreakerState, CircuitBreaker
 from serving.backends.triton import TritonBackend, find_cards
 from serving.backends.triton_local import SHM_DIR, LocalTriton
 from serving.errors import BadRequest, ModelCardError
@@ -131,3 +132,22 @@ async def test_an_input_the_model_lacks_is_a_bad_request(backend: TritonBackend)
         await backend.infer(MODEL, batch, 5.0)
     assert info.value.field == "item_num"
     assert backend.healthy()  # the caller's mistake does not count against Triton
+
+
+async def test_an_idle_open_breaker_is_closed_by_the_readiness_poll(
+        triton: LocalTriton, toy_repository: Path) -> None:
+    backend = TritonBackend(triton.grpc_url, find_cards(toy_repository), ready_model=MODEL,
+                            breaker=CircuitBreaker(failures=1, reset_s=0.2),
+                            poll_interval_s=0.05)
+    await backend.start()
+    try:
+        backend.breaker.record_failure()  # as after a burst of failures, then no traffic
+        assert not backend.healthy()
+        for _ in range(100):
+            if backend.healthy():
+                break
+            await asyncio.sleep(0.02)
+        assert backend.healthy()
+        assert backend.breaker.state is BreakerState.CLOSED
+    finally:
+        await backend.aclose()
