@@ -9,7 +9,11 @@ One run on this machine, the server pinned to one core and the load generator to
 3. the gateway (``rankserve serve``, embedded ONNX Runtime) under open-loop load at rising
    offered rates (:mod:`loadtests.loadgen`) for 500-candidate requests in columnar JSON and
    in binary, with batching on and off, and for 50-candidate requests with batching on and
-   off; every request carries ``X-Request-Budget-Ms`` equal to the p99 bound.
+   off; every request carries ``X-Request-Budget-Ms`` equal to the p99 bound;
+4. where ``make triton-env`` installed the local tritonserver: the same gateway scoring
+   through Triton over gRPC and over gRPC + shared memory (500 candidates, binary), and
+   ``loadtests/bench_triton.py``'s backend-level comparison (embedded, direct
+   ``tritonclient``, TritonBackend with and without shared memory): the Triton hop.
 
 Figure of merit: candidate rows/s sustained with p99 <= 25 ms (and <= 1% errors), as a
 ratio to the raw limit; the median over ``--repeats`` sweeps, because other processes
@@ -22,16 +26,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from loadtests import bench_report
 from loadtests.bank import Bank
@@ -45,23 +50,41 @@ CEILING_CONCURRENCY = 32
 FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1)
 
 
+Backend = Literal["embedded", "triton", "triton-shm"]
+
+
 @dataclass(frozen=True)
 class Config:
-    """One gateway measurement: request size, encoding and whether batching is on."""
+    """One gateway measurement: request size, encoding, batching on or off, and the
+    gateway's backend (embedded ONNX Runtime, or Triton over gRPC, or with shared memory)."""
 
     candidates: int
     encoding: Encoding
     batching: bool
+    backend: Backend = "embedded"
 
     @property
     def name(self) -> str:
         state = "on" if self.batching else "off"
-        return f"{self.candidates} cand, {self.encoding}, batching {state}"
+        via = "" if self.backend == "embedded" else f", via {self.backend}"
+        return f"{self.candidates} cand, {self.encoding}, batching {state}{via}"
+
+    def settings(self, triton_url: str | None) -> dict[str, str]:
+        """The gateway's ``RANKSERVE_*`` settings for this configuration."""
+        out = {"batching": str(self.batching).lower()}
+        if self.backend != "embedded":
+            if triton_url is None:
+                raise ValueError(f"{self.name} needs a Triton server")
+            out.update(backend="triton", triton_url=triton_url, failover="none",
+                       triton_shared_memory=str(self.backend == "triton-shm").lower())
+        return out
 
 
 CONFIGS = (Config(500, "columnar", True), Config(500, "binary", True),
            Config(500, "columnar", False), Config(500, "binary", False),
            Config(50, "binary", True), Config(50, "binary", False))
+TRITON_CONFIGS = (Config(500, "binary", True, "triton"),
+                  Config(500, "binary", True, "triton-shm"))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -76,6 +99,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--model-repository", type=Path, default=Path("model_repository"))
     p.add_argument("--data", default=None, help="KuaiRand folder (default: shared data)")
     p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--triton", choices=("auto", "never"), default="auto",
+                   help="also measure the gateway through a local tritonserver (auto: when "
+                        "`make triton-env` installed it) and run loadtests/bench_triton.py")
+    p.add_argument("--only", nargs="*", default=None, metavar="TEXT",
+                   help="measure only configurations whose name contains one of these")
     p.add_argument("--profile", choices=("auto", "always", "never"), default="auto",
                    help="py-spy the gateway: when binary < 0.6 of raw, always or never")
     return p.parse_args(argv)
@@ -182,6 +210,57 @@ def profile_gateway(url: str, pid: int, bank: Bank, rate: float, folder: Path) -
     return bench_report.hot_frames(out) if out.is_file() else ["py-spy wrote no profile"]
 
 
+def groups(configs: Sequence[Config]) -> dict[tuple[Backend, bool], list[Config]]:
+    """Configurations that share one gateway process (same backend and batching)."""
+    out: dict[tuple[Backend, bool], list[Config]] = {}
+    for config in configs:
+        out.setdefault((config.backend, config.batching), []).append(config)
+    return out
+
+
+@contextlib.contextmanager
+def local_triton(args: argparse.Namespace, folder: Path) -> Iterator[str | None]:
+    """A local tritonserver pinned to the server's core (its address), or ``None`` when
+    Triton is off or not installed (``make triton-env``)."""
+    if args.triton == "never":
+        yield None
+        return
+    try:
+        from serving.backends.triton_local import LocalTriton
+
+        server = LocalTriton(args.model_repository, log_path=folder / "tritonserver.log")
+    except Exception as e:  # Unavailable, ImportError: the bench runs without Triton
+        print(f"Triton skipped: {e}", flush=True)
+        yield None
+        return
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {int(c) for c in args.server_cpu.split(",")})  # children inherit
+    try:
+        server.start()
+    finally:
+        os.sched_setaffinity(0, mine)
+    try:
+        yield server.grpc_url
+    finally:
+        server.stop()
+
+
+def triton_hop(args: argparse.Namespace, folder: Path) -> dict[str, Any] | None:
+    """Issue 4's backend-level comparison (``loadtests/bench_triton.py``), if present."""
+    if args.triton == "never" or not Path(__file__).with_name("bench_triton.py").is_file():
+        return None
+    path = folder / "triton_hop.json"
+    done = subprocess.run([sys.executable, "-m", "loadtests.bench_triton", "--json", str(path),
+                           "--model-repository", str(args.model_repository)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0 or not path.is_file():
+        print(f"bench_triton failed: {done.stderr[-500:]}", flush=True)
+        return {"failed": done.stderr[-2000:]}
+    print(done.stdout, flush=True)
+    result: dict[str, Any] = json.loads(path.read_text())
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     os.sched_setaffinity(0, {args.client_cpu})
@@ -196,33 +275,34 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                      64, c.encoding, seed=c.candidates)
              for c in CONFIGS}
     ceiling = generator_ceiling(args, banks, folder)
-    runs: dict[str, list[list[Point]]] = {c.name: [] for c in CONFIGS}
     profile: list[str] | None = None
-    for repeat in range(args.repeats):
-        for batching in (True, False):
-            settings = {"batching": str(batching).lower()}
-            log = folder / f"gateway-{'on' if batching else 'off'}.log"
-            with GatewayProcess(log, args.model_repository, settings,
-                                cpus=args.server_cpu) as gateway:
-                for config in (c for c in CONFIGS if c.batching == batching):
-                    print(f"repeat {repeat + 1}/{args.repeats}: {config.name}", flush=True)
-                    bank = banks[(config.candidates, config.encoding)]
-                    runs[config.name].append(sweep(
-                        gateway.url, bank, config, raw[config.candidates]["limit_rows_per_s"],
-                        args))
-                if profile is None and batching and repeat == args.repeats - 1 \
-                        and _want_profile(args, runs, raw):
-                    bank = banks[(500, "binary")]
-                    best = _median_point(runs[Config(500, "binary", True).name], args)
-                    rate = 0.8 * (best.ok_rps if best else 20.0)
-                    assert gateway.process is not None
-                    profile = profile_gateway(gateway.url, gateway.process.pid, bank, rate,
-                                              folder)
+    with local_triton(args, folder) as triton_url:
+        configs = [c for c in (*CONFIGS, *(TRITON_CONFIGS if triton_url else ()))
+                   if not args.only or any(text in c.name for text in args.only)]
+        runs: dict[str, list[list[Point]]] = {c.name: [] for c in configs}
+        for repeat in range(args.repeats):
+            for (backend, batching), members in groups(configs).items():
+                log = folder / f"gateway-{backend}-{'on' if batching else 'off'}.log"
+                with GatewayProcess(log, args.model_repository, members[0].settings(triton_url),
+                                    cpus=args.server_cpu) as gateway:
+                    for config in members:
+                        print(f"repeat {repeat + 1}/{args.repeats}: {config.name}", flush=True)
+                        runs[config.name].append(sweep(
+                            gateway.url, banks[(config.candidates, config.encoding)], config,
+                            raw[config.candidates]["limit_rows_per_s"], args))
+                    if profile is None and backend == "embedded" and batching \
+                            and repeat == args.repeats - 1 and _want_profile(args, runs, raw):
+                        best = _median_point(runs[Config(500, "binary", True).name], args)
+                        assert gateway.process is not None
+                        profile = profile_gateway(gateway.url, gateway.process.pid,
+                                                  banks[(500, "binary")],
+                                                  0.8 * (best.ok_rps if best else 20.0), folder)
+    hop = triton_hop(args, folder)
     result = bench_report.assemble(
         started, args, raw, ceiling,
         {c.name: (c, [[asdict(p) for p in sweep_] for sweep_ in runs[c.name]],
                   [sustained(s, args.p99_ms, args.max_error_rate) for s in runs[c.name]])
-         for c in CONFIGS}, profile)
+         for c in configs}, profile, hop)
     (args.results / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
     (folder / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
     markdown = bench_report.to_markdown(result)
@@ -242,7 +322,10 @@ def _want_profile(args: argparse.Namespace, runs: dict[str, list[list[Point]]],
                   raw: dict[int, dict[str, Any]]) -> bool:
     if args.profile != "auto":
         return bool(args.profile == "always")
-    best = _median_point(runs[Config(500, "binary", True).name], args)
+    name = Config(500, "binary", True).name
+    if name not in runs:
+        return False
+    best = _median_point(runs[name], args)
     ratio = (best.rows_per_s if best else 0.0) / raw[500]["limit_rows_per_s"]
     return bool(ratio < 0.6)
 

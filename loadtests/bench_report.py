@@ -37,9 +37,10 @@ def _cpu_model() -> str:
 def assemble(started: dt.datetime, args: argparse.Namespace, raw: dict[int, dict[str, Any]],
              ceiling: dict[str, Any],
              configs: dict[str, tuple[Any, list[list[dict[str, Any]]], list[Point | None]]],
-             profile: list[str] | None) -> dict[str, Any]:
+             profile: list[str] | None, triton_hop: dict[str, Any] | None = None
+             ) -> dict[str, Any]:
     """The result document; ``configs`` maps a name to (Config, sweeps, best point per
-    sweep)."""
+    sweep); ``triton_hop`` is ``loadtests/bench_triton.py``'s result."""
     rows = []
     for name, (config, sweeps, best) in configs.items():
         per_repeat = [p.rows_per_s if p else 0.0 for p in best]
@@ -48,22 +49,23 @@ def assemble(started: dt.datetime, args: argparse.Namespace, raw: dict[int, dict
         middle = at[len(at) // 2] if at else None
         rows.append({
             "name": name, "candidates": config.candidates, "encoding": config.encoding,
-            "batching": config.batching, "sustained_rows_per_s": per_repeat,
-            "median_rows_per_s": median,
+            "batching": config.batching, "backend": config.backend,
+            "sustained_rows_per_s": per_repeat, "median_rows_per_s": median,
             "ratio_to_raw": median / raw[config.candidates]["limit_rows_per_s"],
+            "low_load": _low_load(sweeps),
             "median_point": None if middle is None else {
                 "offered_rps": middle.offered_rps, "p50_ms": middle.p50_ms,
                 "p99_ms": middle.p99_ms, "error_rate": middle.error_rate},
             "sweeps": sweeps})
-    by = {(r["candidates"], r["encoding"], r["batching"]): r for r in rows}
+    by = {(r["candidates"], r["encoding"], r["batching"]): r for r in rows
+          if r["backend"] == "embedded"}
     batching_gain = _ratio(by.get((50, "binary", True)), by.get((50, "binary", False)))
-    aims = [
-        _aim("binary, 500 candidates, >= 0.85 of raw", by[(500, "binary", True)]["ratio_to_raw"],
-             0.85),
-        _aim("columnar JSON, 500 candidates, >= 0.5 of raw",
-             by[(500, "columnar", True)]["ratio_to_raw"], 0.5),
-        _aim("50 candidates: batching on >= 2x batching off", batching_gain, 2.0),
-    ]
+    aims = [_aim(what, value, target) for what, value, target in (
+        ("binary, 500 candidates, >= 0.85 of raw", _field(by, (500, "binary", True)), 0.85),
+        ("columnar JSON, 500 candidates, >= 0.5 of raw",
+         _field(by, (500, "columnar", True)), 0.5),
+        ("50 candidates: batching on >= 2x batching off",
+         batching_gain if (50, "binary", False) in by else None, 2.0)) if value is not None]
     return {
         "started": started.strftime("%Y-%m-%d %H:%M UTC"),
         "machine": {"cpus": os.cpu_count(), "cpu": _cpu_model(),
@@ -73,14 +75,32 @@ def assemble(started: dt.datetime, args: argparse.Namespace, raw: dict[int, dict
                      "server_cpu": args.server_cpu, "client_cpu": args.client_cpu},
         "generator": {"kind": GENERATOR, "ceiling": ceiling},
         "raw": {str(k): v for k, v in raw.items()},
-        "configs": rows, "aims": aims, "profile": profile,
+        "configs": rows, "aims": aims, "profile": profile, "triton_hop": triton_hop,
     }
+
+
+def _low_load(sweeps: list[list[dict[str, Any]]]) -> dict[str, float | None]:
+    """Median p50/p99 at each sweep's lowest offered rate: the latency of one request when
+    the gateway is nearly idle."""
+    firsts = [sweep[0] for sweep in sweeps if sweep]
+
+    def median_of(key: str) -> float | None:
+        values = [p[key] for p in firsts if p[key] is not None]
+        return statistics.median(values) if values else None
+
+    return {"offered_rps": median_of("offered_rps"), "p50_ms": median_of("p50_ms"),
+            "p99_ms": median_of("p99_ms")}
 
 
 def _ratio(on: dict[str, Any] | None, off: dict[str, Any] | None) -> float:
     if not on or not off or not off["median_rows_per_s"]:
         return 0.0
     return float(on["median_rows_per_s"] / off["median_rows_per_s"])
+
+
+def _field(by: dict[tuple[int, str, bool], dict[str, Any]], key: tuple[int, str, bool]
+           ) -> float | None:
+    return float(by[key]["ratio_to_raw"]) if key in by else None
 
 
 def _aim(what: str, value: float, target: float) -> dict[str, Any]:
@@ -127,6 +147,26 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def _triton_lines(hop: dict[str, Any] | None) -> list[str]:
+    """The Triton hop section from ``loadtests/bench_triton.py``'s result."""
+    if not hop:
+        return []
+    if "failed" in hop:
+        return ["", "## Triton hop", "", "bench_triton failed: " + hop["failed"][-300:]]
+    lines = ["", "## Triton hop (backend level, closed loop; loadtests/bench_triton.py)", "",
+             f"{hop['rows_per_batch']} rows per batch, {hop['concurrency']} in flight, "
+             f"Triton: {hop['triton']}.", "",
+             "| mode | p50 ms | p99 ms | rows/s |", "|---|---:|---:|---:|"]
+    for name, r in hop["modes"].items():
+        lines.append(f"| {name} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                     f"{r['rows_per_s']:,.0f} |")
+    lines += ["", f"Triton hop (TritonBackend over gRPC - embedded, p50): "
+              f"{hop['triton_hop_ms_p50']:+.2f} ms per batch; shared memory saves "
+              f"{hop['shared_memory_saves_ms_p50']:+.2f} ms; TritonBackend vs direct "
+              f"tritonclient: {hop['backend_vs_direct_ms_p50']:+.2f} ms."]
+    return lines
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     s, m = result["settings"], result["machine"]
     lines = [
@@ -155,18 +195,20 @@ def to_markdown(result: dict[str, Any]) -> str:
                          f"{b['rows_per_s']:,.0f} | {b['p50_ms']:.2f} |")
     lines += ["", f"Inputs: {next(iter(result['raw'].values()))['inputs']}.", "",
               f"## Gateway: candidate rows/s sustained with p99 <= {s['p99_ms']:g} ms", "",
-              "| configuration | rows/s (median) | per sweep | ratio to raw | req/s | p50 ms "
-              "| p99 ms |", "|---|---:|---|---:|---:|---:|---:|"]
+              "| configuration | rows/s (median) | per sweep | ratio to raw | at req/s | p50 ms "
+              "| p99 ms | low load: req/s, p50, p99 ms |", "|---|---:|---|---:|---:|---:|---:|---|"]
     for r in result["configs"]:
-        point = r["median_point"] or {}
+        point, low = r["median_point"] or {}, r["low_load"]
         lines.append(
             f"| {r['name']} | {r['median_rows_per_s']:,.0f} | "
             f"{', '.join(f'{x:,.0f}' for x in r['sustained_rows_per_s'])} | "
             f"{r['ratio_to_raw']:.2f} | {point.get('offered_rps', 0):.0f} | "
-            f"{_ms(point.get('p50_ms'))} | {_ms(point.get('p99_ms'))} |")
+            f"{_ms(point.get('p50_ms'))} | {_ms(point.get('p99_ms'))} | "
+            f"{_ms(low['offered_rps'])}, {_ms(low['p50_ms'])}, {_ms(low['p99_ms'])} |")
     lines += ["", "## Aims", "", "| aim | value | met |", "|---|---:|---|"]
     for aim in result["aims"]:
         lines.append(f"| {aim['aim']} | {aim['value']:.2f} | {'yes' if aim['met'] else 'no'} |")
+    lines += _triton_lines(result.get("triton_hop"))
     if result["profile"]:
         lines += ["", "## Where the gateway's time goes (py-spy, 500 candidates, binary)", "",
                   "```", *result["profile"], "```"]

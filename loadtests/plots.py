@@ -30,11 +30,23 @@ def latency_vs_load(folder: Path, summary: dict[str, Any]) -> str:
     if knee:
         ax.axvline(knee["offered_rps"], color="grey", linestyle=":",
                    label=f"knee {knee['offered_rps']:g} req/s")
-    ax.set(xlabel="offered load (requests/s)", ylabel="latency (ms)",
+    ax.set(xlabel="offered load (requests/s)", ylabel="latency of successful requests (ms)",
            title=f"Latency against offered load ({summary['schedule']['shape']} shape)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left")
+    errors = ax.twinx()
+    errors.bar(phases["offered_rps"], phases["error_rate"] * 100, alpha=0.2, color="red",
+               width=_bar_width(phases["offered_rps"]), label="errors")
+    errors.set(ylabel="failed requests (%)", ylim=(0, 100))
+    errors.legend(loc="upper right")
+    ax.set_zorder(errors.get_zorder() + 1)  # lines over the bars
+    ax.patch.set_visible(False)
     return _save(fig, folder, "latency_vs_load.png")
+
+
+def _bar_width(x: pd.Series) -> float:
+    gaps = np.diff(np.unique(x.to_numpy()))
+    return float(gaps.min() * 0.5) if len(gaps) else 1.0
 
 
 def throughput_over_time(folder: Path, samples: pd.DataFrame, schedule: Schedule,

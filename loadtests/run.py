@@ -59,8 +59,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=60.0, help="seconds of load, at most")
     p.add_argument("--rate", type=float, default=20.0,
                    help="req/s: the constant rate, or the spike shape's base rate")
-    p.add_argument("--start-rate", type=float, default=10.0, help="step: first rate")
-    p.add_argument("--step-rate", type=float, default=10.0, help="step: increment")
+    p.add_argument("--start-rate", type=float, default=5.0, help="step: first rate")
+    p.add_argument("--step-rate", type=float, default=5.0, help="step: increment")
     p.add_argument("--step-s", type=float, default=8.0, help="step: seconds per step")
     p.add_argument("--max-rate", type=float, default=200.0, help="step: highest rate")
     p.add_argument("--spike-rate", type=float, default=80.0)
