@@ -47,7 +47,7 @@ from serving.client import Encoding
 
 RESULTS = Path(__file__).with_name("results")
 CEILING_CONCURRENCY = 32
-FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1)
+FRACTIONS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1)
 
 
 Backend = Literal["embedded", "triton", "triton-shm"]

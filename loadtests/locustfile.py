@@ -7,6 +7,7 @@ gateway (the bank and schedule files come from a previous ``loadtests.run --prep
     locust -f loadtests/locustfile.py --headless -H http://127.0.0.1:8000 \\
         --rankserve-bank DIR/bank --rankserve-schedule DIR/schedule.json \\
         --rankserve-results DIR
+    python -m loadtests.run --report DIR      # summary, verdict and plots
 
 Distributed: start ``locust -f loadtests/locustfile.py --master --expect-workers N
 --headless ...`` with the options above, and N times ``locust -f loadtests/locustfile.py
