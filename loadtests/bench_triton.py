@@ -6,6 +6,10 @@
 * ``backend_grpc``: rankserve's :class:`~serving.backends.triton.TritonBackend` over gRPC;
 * ``backend_shm``: the same with system shared memory for inputs and outputs.
 
+Besides latency it reports the CPU time this (the gateway's) process spends per call: on a
+shared machine wall-clock figures move with other load, CPU per call much less, and it is
+what the hop costs the gateway (serialising, copying) apart from the model itself.
+
 The batch is one (or ``--requests``) 500-candidate request(s) encoded by the serving
 feature encoder from ids in the model card's vocabularies. Without ``--triton-url`` the
 script starts the local ``tritonserver`` (``rankserve triton``, python-backend mirror on
@@ -42,9 +46,10 @@ Call = Callable[[], Awaitable[Any]]
 TIMEOUT_S = 10.0
 
 
-async def timed_calls(call: Call, seconds: float, concurrency: int) -> tuple[list[float], float]:
+async def timed_calls(call: Call, seconds: float, concurrency: int
+                      ) -> tuple[list[float], float, float]:
     """Run ``call`` back to back from ``concurrency`` callers for about ``seconds``; returns
-    each call's latency and the wall time."""
+    each call's latency, the wall time and this process's CPU time (all threads)."""
     times: list[float] = []
     loop = asyncio.get_running_loop()
     until = loop.time() + seconds
@@ -55,9 +60,9 @@ async def timed_calls(call: Call, seconds: float, concurrency: int) -> tuple[lis
             await call()
             times.append(time.perf_counter() - start)
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(caller() for _ in range(concurrency)))
-    return times, time.perf_counter() - start
+    return times, time.perf_counter() - start, time.process_time() - cpu
 
 
 async def compare(calls: Mapping[str, Call], rows: int, seconds: float, rounds: int,
@@ -68,18 +73,20 @@ async def compare(calls: Mapping[str, Call], rows: int, seconds: float, rounds: 
         for _ in range(warmup):
             await call()
     times: dict[str, list[float]] = {name: [] for name in calls}
-    walls = dict.fromkeys(calls, 0.0)
+    walls, cpus = dict.fromkeys(calls, 0.0), dict.fromkeys(calls, 0.0)
     for _ in range(rounds):
         for name, call in calls.items():
-            latencies, wall = await timed_calls(call, seconds / rounds, concurrency)
+            latencies, wall, cpu = await timed_calls(call, seconds / rounds, concurrency)
             times[name] += latencies
             walls[name] += wall
+            cpus[name] += cpu
     results = {}
     for name, latencies in times.items():
         lat = np.asarray(latencies) * 1e3
         results[name] = {"calls": len(lat), "p50_ms": float(np.percentile(lat, 50)),
                          "p99_ms": float(np.percentile(lat, 99)),
-                         "rows_per_s": rows * len(lat) / walls[name]}
+                         "rows_per_s": rows * len(lat) / walls[name],
+                         "client_cpu_ms_per_call": cpus[name] * 1e3 / len(lat)}
     return results
 
 
@@ -149,10 +156,11 @@ async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
 def table(result: Mapping[str, Any]) -> str:
     lines = [f"{result['rows_per_batch']} rows per batch, concurrency "
              f"{result['concurrency']}, Triton: {result['triton']}",
-             "| mode | p50 ms | p99 ms | rows/s |", "|---|---:|---:|---:|"]
+             "| mode | p50 ms | p99 ms | rows/s | gateway-process CPU ms/call |",
+             "|---|---:|---:|---:|---:|"]
     for name, r in result["modes"].items():
         lines.append(f"| {name} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                     f"{r['rows_per_s']:,.0f} |")
+                     f"{r['rows_per_s']:,.0f} | {r['client_cpu_ms_per_call']:.2f} |")
     lines.append(f"Triton hop (backend_grpc - embedded, p50): "
                  f"{result['triton_hop_ms_p50']:+.2f} ms; shared memory saves "
                  f"{result['shared_memory_saves_ms_p50']:+.2f} ms; TritonBackend vs direct "
