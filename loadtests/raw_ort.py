@@ -38,7 +38,6 @@ from serving.ranking.features import (
     columns_from_rows,
 )
 from serving.repository.card import CARD_FILE, ONNX_FILE, ModelCard
-from serving.settings import Settings
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt": "TensorrtExecutionProvider"}
@@ -135,6 +134,16 @@ def measure(session: ort.InferenceSession, tensors: dict[str, np.ndarray],
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
 
 
+def default_batch_rows() -> int:
+    """The batcher's row target from the settings, or its default where the settings'
+    dependencies (pydantic, yaml) are not installed, as on a bare GPU machine."""
+    try:
+        from serving.settings import Settings
+    except ImportError:
+        return 2048
+    return int(Settings.model_fields["batch_rows"].default)
+
+
 def batch_plan(candidates: int, batch_rows: int) -> list[int]:
     """Requests per batch: 1, 2, 4, ... and the most that fit in ``batch_rows``."""
     most = max(1, batch_rows // candidates)
@@ -180,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads")
     parser.add_argument("--candidates", type=int, default=500, help="rows per request")
-    parser.add_argument("--batch-rows", type=int, default=Settings().batch_rows,
+    parser.add_argument("--batch-rows", type=int, default=default_batch_rows(),
                         help="largest batch, in rows (the batcher's row target)")
     parser.add_argument("--seconds", type=float, default=1.5, help="timed run per batch size")
     parser.add_argument("--data", default=None, help="KuaiRand folder (default: shared data)")
