@@ -37,8 +37,9 @@ from tritonclient.utils import np_to_triton_dtype
 from loadtests.raw_ort import encode_batch, model_dir, synthetic_requests
 from serving.backends.base import Backend
 from serving.backends.onnx_runtime import OnnxRuntimeBackend
-from serving.backends.triton import TritonBackend, find_cards
+from serving.backends.triton import TritonBackend
 from serving.backends.triton_local import LocalTriton
+from serving.backends.triton_signature import find_cards
 from serving.ranking.features import ITEM_TO_USER, FeatureEncoder
 from serving.repository.card import CARD_FILE, ONNX_FILE, ModelCard
 

@@ -19,8 +19,9 @@ import pytest
 from serving.backends.circuit_breaker import BreakerState, CircuitBreaker
 from serving.backends.failover import FailoverBackend
 from serving.backends.onnx_runtime import OnnxRuntimeBackend
-from serving.backends.triton import TritonBackend, find_cards
+from serving.backends.triton import TritonBackend
 from serving.backends.triton_local import LocalTriton, free_port
+from serving.backends.triton_signature import find_cards
 from serving.errors import DeadlineExceeded, RankServeError, Unavailable
 from tests.triton.conftest import SHM_PREFIX, start_triton
 from tests.triton.toy_repository import random_batch

@@ -14,8 +14,9 @@ from tritonclient.grpc.aio import InferenceServerClient
 
 from serving.backends import shared_memory
 from serving.backends.circuit_breaker import BreakerState, CircuitBreaker
-from serving.backends.triton import TritonBackend, find_cards
+from serving.backends.triton import TritonBackend
 from serving.backends.triton_local import SHM_DIR, LocalTriton
+from serving.backends.triton_signature import find_cards
 from serving.errors import BadRequest, ModelCardError
 from serving.repository.card import TensorSpec
 from tests.triton.conftest import SHM_PREFIX
