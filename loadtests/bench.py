@@ -47,6 +47,7 @@ from serving.client import Encoding
 
 RESULTS = Path(__file__).with_name("results")
 CEILING_CONCURRENCY = 32
+MIN_REQUESTS = 20
 FRACTIONS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1)
 
 
@@ -167,7 +168,8 @@ def sweep(url: str, bank: Bank, config: Config, raw_rows_per_s: float,
     misses = 0
 
     def measure(rate: float) -> Point:
-        point = run_point(f"{url}/v1/rank", bodies, bank.content_type, rate, args.seconds,
+        seconds = max(args.seconds, MIN_REQUESTS / rate)  # a p99 needs some requests
+        point = run_point(f"{url}/v1/rank", bodies, bank.content_type, rate, seconds,
                           budget_ms=args.p99_ms)
         points.append(point)
         print(f"  {config.name}: {rate:7.1f} req/s offered -> {point.rows_per_s:9,.0f} rows/s"
