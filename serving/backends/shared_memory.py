@@ -149,7 +149,7 @@ class SharedMemoryPool:
         for i, slot in enumerate(self._free):
             if slot.inputs.size >= input_bytes and slot.outputs.size >= output_bytes:
                 return self._free.pop(i)
-        if self._free:  # too small: replace the smallest free slot with a bigger one
+        if self._free:  # every free slot is too small: replace one with a bigger one
             self._retire(self._free.pop(0))
         elif len(self._all) >= self._max_slots:
             return None
