@@ -25,7 +25,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -123,7 +122,9 @@ class LocalTriton:
         self.metrics_port = metrics_port or free_port()
         self.shm_prefix = shm_prefix or f"rankserve-triton-{os.getpid()}-{uuid.uuid4().hex[:8]}-"
         self.env = TritonEnvironment.find(venv)
-        self._workdir = Path(tempfile.mkdtemp(prefix="rankserve-triton-"))
+        # Removed by close(), or at interpreter exit if a caller only stop()s the server.
+        self._tmp = tempfile.TemporaryDirectory(prefix="rankserve-triton-")
+        self._workdir = Path(self._tmp.name)
         self.log_path = log_path or self._workdir / "tritonserver.log"
         self.models = build_mirror(repository, self._workdir / "models")
         self.env.link_backends(self._workdir / "backends")
@@ -243,7 +244,7 @@ class LocalTriton:
     def close(self) -> None:
         """Stop the server and delete the mirror; safe to call twice."""
         self.stop()
-        shutil.rmtree(self._workdir, ignore_errors=True)
+        self._tmp.cleanup()
 
     def __enter__(self) -> LocalTriton:
         self.start()
