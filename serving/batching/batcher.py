@@ -8,13 +8,14 @@ Policy (DESIGN.md, "The batcher"):
   once), then builds a batch from the head of the queue and sends it when (a) it reached
   its row target, (b) waiting any longer would make its earliest deadline unreachable given
   the latency model's pessimistic service time for that many rows (less a slack for the
-  work after scoring; a batch also stops growing where one more chunk would make a
-  reachable deadline unreachable), (c) its oldest row has
+  work after scoring; a batch also stops growing where one more chunk would make one of
+  its deadlines unreachable), (c) its oldest row has
   waited ``max_wait``, or (d) it holds a chunk of a request whose other chunks already run
   (the request cannot finish before this chunk does). While another instance is idle a
   batch takes at most one chunk per request, so large requests run in parallel.
 * Limits are in rows: past ``max_queue_rows`` a request is refused at once (429). Work whose
-  deadline has passed is dropped unscored (504). A request whose client went away has its
+  deadline has passed, or cannot be met even if started now (predicted service time), is
+  dropped unscored (504). A request whose client went away has its
   queued chunks removed; if its rows are already running, the batch still answers the
   others (every outcome goes through ``set_if_pending``).
 """
@@ -106,6 +107,7 @@ class Batcher:
         self._arrival = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._running_rows = 0
         self._closing = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -148,14 +150,8 @@ class Batcher:
         """
         loop = asyncio.get_running_loop()
         rows = self.layout.rows_of(inputs)
-        if not self.accepting:
-            raise Unavailable(f"model '{self.model}' is not being served")
+        self.admit(rows, deadline)
         now = loop.time()
-        if deadline <= now:
-            raise DeadlineExceeded("the request's budget ran out before it was queued")
-        if self.queued_rows and self.queued_rows + rows > self.policy.max_queue_rows:
-            raise Overloaded(f"{self.queued_rows} rows are queued; try again later",
-                             retry_after_s=self._retry_after())
         slack = max(self.policy.min_slack_s, self.policy.slack_fraction * (deadline - now))
         job = Job(dict(inputs), rows, deadline, now, loop.create_future(),
                   self.layout.signature(inputs), dispatch_by=deadline - slack)
@@ -171,6 +167,33 @@ class Batcher:
         except asyncio.TimeoutError:
             raise DeadlineExceeded("the request's budget ran out before its rows were "
                                    "scored") from None
+
+    def admit(self, rows: int, deadline: float) -> None:
+        """Refuse a request that cannot be served, before anyone spends CPU encoding it.
+
+        Its finish time is estimated as now + the per-row cost of the rows due before it
+        (queued rows with an earlier deadline, half of the rows running) and its own rows,
+        spread over the backend's instances, + one fixed batch cost.
+
+        Raises:
+            Unavailable: the batcher is not running.
+            DeadlineExceeded: the deadline passed, or cannot be met behind the work ahead.
+            Overloaded: more than ``max_queue_rows`` rows would be queued.
+        """
+        if not self.accepting:
+            raise Unavailable(f"model '{self.model}' is not being served")
+        now = asyncio.get_running_loop().time()
+        if deadline <= now:
+            raise DeadlineExceeded("the request's budget ran out before it was queued")
+        if self.queued_rows and self.queued_rows + rows > self.policy.max_queue_rows:
+            raise Overloaded(f"{self.queued_rows} rows are queued; try again later",
+                             retry_after_s=self._retry_after())
+        ahead = sum(c.rows for d, _, c in self._heap if d <= deadline and c.alive)
+        fixed, per_row = self.latency.coefficients
+        work = per_row * (ahead + self._running_rows / 2 + rows) / self.slots.total
+        if now + fixed + work > deadline:
+            raise DeadlineExceeded(f"the request's budget cannot be met: {ahead} rows are "
+                                   f"due before it")
 
     def _drop_queued(self, job: Job) -> None:
         """A job was answered, failed or cancelled: its still-queued chunks leave the queue.
@@ -222,7 +245,7 @@ class Batcher:
         """Wait, holding an instance, until the head of the queue should be dispatched."""
         loop = asyncio.get_running_loop()
         while True:
-            self._expire(loop.time())
+            self._expire(loop.time(), doomed=True)
             if not self._heap:
                 return []
             now = loop.time()
@@ -243,8 +266,9 @@ class Batcher:
         """Pop the head of the queue up to a batch; ``full`` when it may not grow further.
 
         A batch stops growing at the row target, at a request it cannot merge with, when
-        one more chunk would make its (earliest, EDF) deadline unreachable, and (while
-        another instance is idle) at a second chunk of the same request.
+        one more chunk would make one of its deadlines unreachable (by the latency
+        model's pessimistic bound), and, while another instance is idle, at a second chunk
+        of the same request.
         """
         policy = self.policy
         mergeable = policy.batching and self.layout.splittable
@@ -259,8 +283,8 @@ class Batcher:
             if taken and (not mergeable
                           or chunk.job.signature != taken[0][2].job.signature
                           or rows + chunk.rows > policy.batch_rows
-                          or self._would_miss(now, rows, chunk.rows,
-                                              min(by, chunk.job.dispatch_by))
+                          or now + self.latency.bound(rows + chunk.rows)
+                          > min(by, chunk.job.dispatch_by)
                           or (self.slots.free > 0
                               and any(c.job is chunk.job for _, _, c in taken))):
                 return taken, True
@@ -271,22 +295,24 @@ class Batcher:
                 return taken, True
         return taken, False
 
-    def _would_miss(self, now: float, rows: int, more: int, dispatch_by: float) -> bool:
-        """Whether ``more`` rows would make a reachable deadline unreachable. A batch that
-        misses already keeps growing: under overload, throughput matters most."""
-        return (now + self.latency.bound(rows) <= dispatch_by
-                < now + self.latency.bound(rows + more))
+    def _expire(self, now: float, doomed: bool = False) -> None:
+        """Pop dead chunks off the head; fail (unscored) jobs whose deadline has passed or,
+        with ``doomed``, cannot be met even by a batch of the head chunk alone started now.
 
-    def _expire(self, now: float) -> None:
-        """Pop dead chunks off the head; fail (unscored) jobs whose deadline has passed."""
+        Failing doomed work at once is what keeps an overloaded server useful: computing
+        rows whose answer will arrive too late only makes the rows behind them late too.
+        """
         while self._heap:
             deadline, _, chunk = self._heap[0]
-            if chunk.alive and deadline > now:
+            late = deadline <= now or (doomed and now + self.latency.predict(chunk.rows)
+                                       > deadline)
+            if chunk.alive and not late:
                 return
             heapq.heappop(self._heap)
             if chunk.alive:
                 set_if_pending(chunk.job.future, error=DeadlineExceeded(
-                    "the request's budget ran out while it was queued"))
+                    "the request's budget ran out while it was queued" if deadline <= now
+                    else "the request's budget cannot be met: its rows would finish too late"))
 
     def _launch(self, chunks: list[Chunk]) -> None:
         """Mark the chunks running and start their batch. Synchronous with :meth:`_take`
@@ -299,6 +325,7 @@ class Batcher:
             rows += chunk.rows
             self.metrics.queue_wait.observe(dispatched - chunk.job.enqueued_at)
         self._add_queued(-rows)
+        self._running_rows += rows
         self.metrics.inflight_batches.inc()
         self.metrics.batch_rows.labels(self.model).observe(rows)
         task = loop.create_task(self._run_batch(chunks, dispatched))
@@ -327,6 +354,7 @@ class Batcher:
                     if failed is not None:
                         self._fail(group, failed)
         finally:
+            self._running_rows -= sum(c.rows for c in chunks)
             self.metrics.inflight_batches.dec()
             self.slots.release()
 

@@ -240,6 +240,7 @@ class DataPlane:
         ranker = self.ranker(request.model)
         weights = ranker.value.weights(request.weights)
         shown = ranker.value.task_indices(request.return_tasks)
+        self._batcher(ranker.model.name).admit(request.n, deadline)  # before encoding
         encoder, n = ranker.encoder, request.n
         tensors = encoder.encode_items(request.candidates, n)
         users = {k: [v] for k, v in request.user.items()}
@@ -275,12 +276,15 @@ class DataPlane:
             ranker.check_ids(inputs)
         return await self._submit(model.name, inputs, deadline)
 
-    async def _submit(self, model: str, inputs: Mapping[str, np.ndarray],
-                      deadline: float) -> JobResult:
+    def _batcher(self, model: str) -> Batcher:
         batcher = self.batchers.get(model)
         if batcher is None:
             raise Unavailable("models are not loaded yet")
-        return await batcher.submit(inputs, deadline)
+        return batcher
+
+    async def _submit(self, model: str, inputs: Mapping[str, np.ndarray],
+                      deadline: float) -> JobResult:
+        return await self._batcher(model).submit(inputs, deadline)
 
 
 def _ids(raw: Any) -> np.ndarray:

@@ -26,6 +26,7 @@ skip per-value Python work entirely.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -151,11 +152,13 @@ class Vocabulary:
             keys = np.asarray(sorted({int(v) for v in values}), dtype=np.int64)
             self._int_keys = keys
             self._str_ids: dict[str, int] = {}
+            self._int_ids = {int(k): i + 1 for i, k in enumerate(keys)}
             self.size = len(keys)
         else:
             ordered = sorted({str(v) for v in values})
             self._int_keys = np.empty(0, dtype=np.int64)
             self._str_ids = {v: i + 1 for i, v in enumerate(ordered)}
+            self._int_ids = {}
             self.size = len(ordered)
 
     def keys(self) -> list[Any]:
@@ -175,9 +178,34 @@ class Vocabulary:
             if self.spec.required:
                 raise MissingFeature(f"required feature '{self.path}' is missing", field=self.path)
             return np.zeros(n, dtype=np.int64)
+        if n == 1 and type(raw) is list and len(raw) == 1:
+            one = self._lookup_one(raw[0])
+            if one is not None:
+                return np.array([one], dtype=np.int64)
         if self.spec.kind == "int":
             return self._lookup_int(raw, n)
         return self._lookup_str(raw, n)
+
+    def _lookup_one(self, value: Any) -> int | None:
+        """The id of a single plain value (a request's user-side feature) without numpy's
+        per-call overhead; ``None`` where the column path must decide (errors, odd types),
+        so both paths always give the same answer."""
+        if self.spec.kind == "str":
+            if value is None:
+                return 0
+            kind = type(value)
+            return self._str_ids.get(value if kind is str else str(value), 0) \
+                if kind is str or kind is int else None
+        if value is None or (type(value) is float and value != value):
+            return None if self.spec.required else 0
+        if type(value) is float:
+            if not (math.isfinite(value) and value.is_integer()):
+                return None
+        elif type(value) is not int:
+            return None
+        if abs(value) > 2**62:
+            return None
+        return self._int_ids.get(int(float(value)), 0)
 
     def _lookup_int(self, raw: Any, n: int) -> npt.NDArray[np.int64]:
         values = _as_float_column(raw, n, self.path)
