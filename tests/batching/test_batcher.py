@@ -15,6 +15,7 @@ import pytest
 
 from serving.backends.onnx_runtime import OnnxRuntimeBackend
 from serving.batching.batcher import Batcher, BatchPolicy, Slots
+from serving.batching.latency import LatencyModel
 from serving.batching.layout import CandidateLayout
 from serving.errors import BackendError, BadRequest, DeadlineExceeded, Overloaded, Unavailable
 from serving.telemetry.metrics import Metrics
@@ -279,3 +280,60 @@ async def test_one_poisoned_request_fails_alone(tmp_path: Path) -> None:
     finally:
         await batcher.aclose()
         await backend.aclose()
+
+
+async def slow_batcher(backend: PausableBackend, per_row_s: float) -> Batcher:
+    """A batcher whose latency model believes each row costs ``per_row_s``."""
+    latency = LatencyModel(fixed_s=0.001, per_row_s=per_row_s)
+    batcher = Batcher(backend, "gather_add", LAYOUT,
+                      BatchPolicy(batch_rows=4, chunk_rows=4, max_wait_s=0.0), Metrics(),
+                      Slots(1), latency)
+    await batcher.start()
+    return batcher
+
+
+async def test_unmeetable_deadline_is_refused_before_queueing(
+        ort_backend: PausableBackend) -> None:
+    batcher = await slow_batcher(ort_backend, per_row_s=0.1)
+    rng = np.random.default_rng(13)
+    try:
+        ort_backend.gate.clear()
+        first = asyncio.ensure_future(batcher.submit(make_inputs(rng, 1, 4), deadline(30)))
+        await ort_backend.until_waiting(1)
+        ahead = asyncio.ensure_future(batcher.submit(make_inputs(rng, 1, 40), deadline(5)))
+        await asyncio.sleep(0.01)
+        # 40 rows due earlier, then 20 own rows, at 0.1 s each: 5.2 s cannot be met.
+        with pytest.raises(DeadlineExceeded, match="40 rows are due before it"):
+            batcher.admit(20, deadline(5.2))
+        with pytest.raises(DeadlineExceeded):
+            await batcher.submit(make_inputs(rng, 1, 20), deadline(5.2))
+        assert batcher.queued_rows == 40  # the refused request was never queued
+        batcher.admit(3, deadline(4))  # due before the 40 rows (EDF): it can make it
+        ort_backend.gate.set()
+        await asyncio.gather(first, ahead)
+        assert sorted(len(c["x"]) for c in ort_backend.calls) == [4] * 11
+    finally:
+        ort_backend.gate.set()
+        await batcher.aclose()
+
+
+async def test_work_that_would_finish_too_late_is_not_started(
+        ort_backend: PausableBackend) -> None:
+    batcher = await slow_batcher(ort_backend, per_row_s=0.001)
+    rng = np.random.default_rng(14)
+    try:
+        ort_backend.gate.clear()
+        first = asyncio.ensure_future(batcher.submit(make_inputs(rng, 1, 4), deadline(30)))
+        await ort_backend.until_waiting(1)
+        late = make_inputs(rng, 1, 4)
+        late["x"] = np.full((4, 2), 7.0, dtype=np.float32)
+        task = asyncio.ensure_future(batcher.submit(late, deadline(0.3)))
+        await asyncio.sleep(0.28)  # the running batch holds the only instance...
+        ort_backend.gate.set()     # ...until the waiting rows can no longer make it
+        with pytest.raises(DeadlineExceeded):
+            await task
+        await first
+        assert not any((c["x"] == 7.0).all(axis=1).any() for c in ort_backend.calls)
+    finally:
+        ort_backend.gate.set()
+        await batcher.aclose()
