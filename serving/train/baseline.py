@@ -48,7 +48,8 @@ from serving.train.data import (
 from serving.train.dataset import EncodedSplit, fit_encoder
 from serving.train.trainer import task_metrics
 
-C_GRID = (0.03, 0.1, 0.3, 1.0)
+C_GRID = (0.03, 0.1, 0.3, 1.0, 3.0)
+BASELINE_FILE = "baseline.json"
 BINS = 10
 
 
@@ -126,7 +127,7 @@ def run_baseline(log: Log, c_grid: Sequence[float] = C_GRID) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=None)
-    parser.add_argument("--out", type=Path, default=Path("runs/feed_ranker/baseline.json"))
+    parser.add_argument("--out", type=Path, default=Path("runs/feed_ranker") / BASELINE_FILE)
     args = parser.parse_args(argv)
     result = run_baseline(load_log(args.data))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from serving.train.baseline import BASELINE_FILE, run_baseline
 from serving.train.data import TEST_DAYS, TRAIN_DAYS, TUNE_DAYS, VALIDATION_DAYS, load_log
 from serving.train.model import ModelConfig
 from serving.train.pipeline import run_training, save_checkpoint
@@ -35,6 +36,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-wide", action="store_true", help="deep part only (ablation)")
     parser.add_argument("--validate", action="store_true",
                         help="tuning mode: train on 04-25..05-03, evaluate on 05-04")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also fit the logistic-regression baseline (about 3 minutes) and "
+                             "save it beside the checkpoint for the model card")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -44,9 +48,14 @@ def run(args: argparse.Namespace) -> int:
                       threads=args.threads, max_steps=args.max_steps)
     train_days, eval_days = (TUNE_DAYS, VALIDATION_DAYS) if args.validate \
         else (TRAIN_DAYS, TEST_DAYS)
-    result = run_training(load_log(args.data), cfg, ModelConfig(wide=not args.no_wide),
-                          train_days, eval_days, progress=not args.no_progress)
+    log = load_log(args.data)
+    result = run_training(log, cfg, ModelConfig(wide=not args.no_wide), train_days, eval_days,
+                          progress=not args.no_progress)
     path = save_checkpoint(result, args.run_dir)
     print(json.dumps({"metrics": result.metrics, "training": result.training}, indent=1))
     print(f"checkpoint: {path}")
+    if args.baseline:
+        baseline = run_baseline(log)
+        (args.run_dir / BASELINE_FILE).write_text(json.dumps(baseline, indent=1) + "\n")
+        print(json.dumps({"baseline": baseline["test"]}, indent=1))
     return 0

@@ -157,6 +157,12 @@ class Requests:
     def __len__(self) -> int:
         return len(self.requests)
 
+    def head(self, n: int) -> Requests:
+        """The first ``n`` requests with their candidates."""
+        end = int(self.offsets[n])
+        return Requests(self.requests.iloc[:n].reset_index(drop=True), self.histories[:n],
+                        self.items.iloc[:end].reset_index(drop=True), self.offsets[:n + 1])
+
     def labels(self) -> np.ndarray:
         """``[N, T]`` float32 labels in :data:`TASKS` order."""
         labels: np.ndarray = self.items[[LABEL_COLUMNS[t] for t in TASKS]].to_numpy(np.float32)
@@ -180,14 +186,16 @@ def group_requests(log: Log, by: Grouping = "minute") -> Requests:
 
 def _histories(clicks: pd.DataFrame, users: np.ndarray, times: np.ndarray) -> list[list[int]]:
     """Per request: the last ``HISTORY_LENGTH`` videos its user clicked strictly before it."""
-    by_user = {u: (g["time_ms"].to_numpy(), g["video_id"].to_numpy())
-               for u, g in clicks.sort_values("time_ms", kind="stable").groupby("user_id")}
-    empty = (np.empty(0, np.int64), np.empty(0, np.int64))
+    ordered = clicks.sort_values(["user_id", "time_ms"], kind="stable")
+    click_users = ordered["user_id"].to_numpy()
+    click_times, videos = ordered["time_ms"].to_numpy(), ordered["video_id"].to_numpy()
+    # Each request's user owns the slice [lo, hi) of the sorted clicks; k = clicks before t.
+    lo = np.searchsorted(click_users, users, side="left")
+    hi = np.searchsorted(click_users, users, side="right")
     out: list[list[int]] = []
-    for user, t in zip(users.tolist(), times.tolist(), strict=True):
-        click_times, videos = by_user.get(user, empty)
-        k = int(np.searchsorted(click_times, t, side="left"))
-        out.append(videos[max(0, k - HISTORY_LENGTH):k].tolist())
+    for a, b, t in zip(lo.tolist(), hi.tolist(), times.tolist(), strict=True):
+        k = a + int(np.searchsorted(click_times[a:b], t, side="left"))
+        out.append(videos[max(a, k - HISTORY_LENGTH):k].tolist())
     return out
 
 

@@ -24,10 +24,12 @@ import torch
 from serving.ranking.features import MODEL_INPUTS, PROBS, USER_INPUTS
 from serving.repository.card import CARD_FILE, ONNX_FILE, ModelCard, TensorSpec, sha256_of
 from serving.repository.config import write_config
-from serving.train.data import TEST_DAYS, group_requests, load_log
+from serving.train.baseline import BASELINE_FILE
+from serving.train.data import TEST_DAYS, Log, group_requests, load_log
 from serving.train.dataset import EncodedSplit
 from serving.train.model import FeedRanker
 from serving.train.pipeline import load_checkpoint
+from serving.train.seeds import SEEDS_FILE
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-5
@@ -80,38 +82,36 @@ def onnx_session(path: Path) -> ort.InferenceSession:
 
 
 def measure_parity(model: FeedRanker, session: ort.InferenceSession, data: EncodedSplit,
-                   min_candidates: int = 2000, requests_per_batch: int = 64) -> dict[str, Any]:
-    """Max and mean |ONNX - PyTorch| of the probabilities over the first requests of
-    ``data`` holding at least ``min_candidates`` candidates, scored in multi-request
-    batches (so ``item_to_user`` gathers across requests as in serving)."""
-    sizes = np.diff(data.offsets)
-    n_requests = int(np.searchsorted(np.cumsum(sizes), min_candidates) + 1)
-    n_requests = min(n_requests, data.n_requests)
+                   requests_per_batch: int = 64) -> dict[str, Any]:
+    """Max and mean |ONNX - PyTorch| of the probabilities over every candidate of ``data``,
+    scored in multi-request batches (so ``item_to_user`` gathers across requests, as in
+    serving)."""
     diffs = []
-    for start in range(0, n_requests, requests_per_batch):
-        inputs, _ = data.select(np.arange(start, min(start + requests_per_batch, n_requests)))
+    for start in range(0, data.n_requests, requests_per_batch):
+        stop = min(start + requests_per_batch, data.n_requests)
+        inputs, _ = data.select(np.arange(start, stop))
         with torch.no_grad():
             expected = model(*(torch.from_numpy(inputs[n]) for n in MODEL_INPUTS)).numpy()
         got = session.run([PROBS], inputs)[0]
         diffs.append(np.abs(got - expected).ravel())
     diff = np.concatenate(diffs)
     return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-            "candidates": int(sizes[:n_requests].sum()), "requests": n_requests,
-            "tolerance": PARITY_TOLERANCE, "data": f"held-out days {TEST_DAYS[0]}.."
-                                                  f"{TEST_DAYS[-1]}, one request per user-day"}
+            "candidates": data.n_items, "requests": data.n_requests,
+            "requests_per_batch": requests_per_batch, "tolerance": PARITY_TOLERANCE,
+            "data": f"held-out days {TEST_DAYS[0]}..{TEST_DAYS[-1]}, one request per user-day"}
 
 
 def _extra_metrics(run_dir: Path) -> dict[str, Any]:
     """Baseline and seed-study results saved beside the checkpoint, when present."""
     out: dict[str, Any] = {}
-    for key, name in (("baseline", "baseline.json"), ("seed_study", "seeds.json")):
+    for key, name in (("baseline", BASELINE_FILE), ("seed_study", SEEDS_FILE)):
         path = run_dir / name
         if path.is_file():
             out[key] = json.loads(path.read_text())
     return out
 
 
-def export_repository(run_dir: Path, repository: Path, data_dir: str | None,
+def export_repository(run_dir: Path, repository: Path, log: Log,
                       name: str = "feed_ranker", version: int = 1, opset: int = OPSET,
                       parity_candidates: int = 2000) -> ModelCard:
     """Write ``repository/name/{config.pbtxt, version/model.onnx, version/model_card.json}``.
@@ -120,13 +120,14 @@ def export_repository(run_dir: Path, repository: Path, data_dir: str | None,
         ValueError: parity is worse than :data:`PARITY_TOLERANCE`.
     """
     model, encoder, saved = load_checkpoint(run_dir)
-    held_out = EncodedSplit.build(encoder, group_requests(load_log(data_dir).days(TEST_DAYS),
-                                                          by="day"))
+    grouped = group_requests(log.days(TEST_DAYS), by="day")
+    n_requests = min(len(grouped), int(np.searchsorted(grouped.offsets, parity_candidates)))
+    held_out = EncodedSplit.build(encoder, grouped.head(n_requests))
     sample, _ = held_out.select(np.arange(8))
     model_dir = repository / name
     onnx_path = model_dir / str(version) / ONNX_FILE
     export_onnx(model, sample, onnx_path, opset)
-    parity = measure_parity(model, onnx_session(onnx_path), held_out, parity_candidates)
+    parity = measure_parity(model, onnx_session(onnx_path), held_out)
     if parity["max_abs_diff"] > PARITY_TOLERANCE:
         raise ValueError(f"ONNX/PyTorch parity {parity['max_abs_diff']:.2e} exceeds "
                          f"{PARITY_TOLERANCE:.0e}")
@@ -154,7 +155,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    card = export_repository(args.run_dir, args.model_repository, args.data, args.name,
+    card = export_repository(args.run_dir, args.model_repository, load_log(args.data), args.name,
                              args.version, args.opset, args.parity_candidates)
     onnx_path = args.model_repository / args.name / str(args.version) / ONNX_FILE
     print(json.dumps({"model": str(onnx_path), "bytes": onnx_path.stat().st_size,

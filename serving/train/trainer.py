@@ -28,10 +28,10 @@ from serving.train.model import FeedRanker
 class TrainConfig:
     """Optimisation hyper-parameters (recorded in the model card)."""
 
-    epochs: int = 3
+    epochs: int = 2
     batch_rows: int = 1024
     lr: float = 1e-3
-    wide_lr: float = 0.05
+    wide_lr: float = 0.1
     wide_l2: float = 1e-5
     seed: int = 0
     threads: int = 2
@@ -71,7 +71,7 @@ def train_model(model: FeedRanker, data: EncodedSplit, cfg: TrainConfig,
             (loss + cfg.wide_l2 * penalty).backward()
             deep_opt.step()
             wide_opt.step()
-            total, count, steps = total + float(loss), count + 1, steps + 1
+            total, count, steps = total + float(loss.detach()), count + 1, steps + 1
             if count % 20 == 0:
                 bar.set_postfix(loss=f"{total / count:.4f}")
             if cfg.max_steps is not None and steps >= cfg.max_steps:
