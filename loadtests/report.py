@@ -15,6 +15,7 @@ Definitions (also printed in every summary):
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -79,6 +80,23 @@ def phase_result(samples: pd.DataFrame, phase: Phase, offered_rps: float,
         meets_slo=bool(meets), **stats)
 
 
+SIZE_EDGES = (0, 200, 500, 1000, 10**9)
+
+
+def by_size(samples: pd.DataFrame) -> list[dict[str, Any]]:
+    """Latency and errors by candidate count: whether failures are load or request size."""
+    out = []
+    for lo, hi in itertools.pairwise(SIZE_EDGES):
+        group = samples[(samples["rows"] >= lo) & (samples["rows"] < hi)]
+        if group.empty:
+            continue
+        label = f"{lo}-{hi - 1}" if hi < 10**9 else f">= {lo}"
+        out.append({"candidates": label, "requests": len(group),
+                    "error_rate": float((~group["ok"]).mean()),
+                    **percentiles(group.loc[group["ok"], "latency_ms"])})
+    return out
+
+
 def find_knee(results: list[PhaseResult]) -> PhaseResult | None:
     """The last phase of the unbroken prefix that meets the SLO; ``None`` if the first fails."""
     knee = None
@@ -114,7 +132,7 @@ def summarise(samples: pd.DataFrame, schedule: Schedule, t0: float, slo: Slo,
     knee = find_knee(results) if schedule.shape == "step" else None
     summary: dict[str, Any] = {
         "run": run, "slo": asdict(slo), "schedule": schedule.to_dict(), "totals": totals,
-        "phases": [asdict(r) for r in results],
+        "phases": [asdict(r) for r in results], "by_size": by_size(in_load),
         "knee": asdict(knee) if knee else None, "verdict": verdict(schedule, results, knee),
     }
     if gateway is not None and not gateway.empty:
@@ -193,6 +211,10 @@ def to_markdown(summary: dict[str, Any], plots: list[str]) -> str:
             f"{p['rows_per_s']:,.0f} | {_ms(p['p50_ms'])} | {_ms(p['p95_ms'])} | "
             f"{_ms(p['p99_ms'])} | {p['error_rate']:.2%} | {p['shed_rate']:.2%} | "
             f"{'ok' if p['meets_slo'] else 'MISS'} |")
+    lines += ["", "## By candidate count (whole run)", "",
+              "| candidates | requests | errors | p50 ms | p99 ms |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {g['candidates']} | {g['requests']} | {g['error_rate']:.2%} | "
+              f"{_ms(g['p50_ms'])} | {_ms(g['p99_ms'])} |" for g in summary.get("by_size", [])]
     knee = summary["knee"]
     if summary["schedule"]["shape"] == "step":
         lines += ["", "**Knee:** " + (

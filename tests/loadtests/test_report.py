@@ -32,6 +32,7 @@ def test_knee_is_last_step_of_the_unbroken_run_within_budget() -> None:
     assert summary["knee"]["offered_rps"] == 20  # the later good step does not count
     assert summary["verdict"]["pass"]
     assert "knee at 20 req/s" in to_markdown(summary, [])
+    assert [(g["candidates"], g["requests"]) for g in summary["by_size"]] == [("0-199", 1000)]
 
 
 def test_errors_above_the_allowed_rate_miss_the_slo_even_when_fast() -> None:
