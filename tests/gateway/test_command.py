@@ -60,3 +60,10 @@ def test_serve_starts_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_serving_path_never_imports_torch_or_pandas() -> None:
+    code = ("import sys, serving.cli, serving.gateway.command, serving.client; "
+            "from serving.cli import COMMANDS; "
+            "assert not {'torch', 'pandas'} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=PROJECT)
