@@ -29,13 +29,13 @@ import itertools
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 
 from serving.backends.base import Backend
 from serving.batching.latency import LatencyModel
 from serving.batching.layout import Layout
+from serving.batching.policy import BatchPolicy, Slots
 from serving.batching.work import Chunk, ChunkState, Job, JobResult, set_if_pending
 from serving.errors import (
     BackendError,
@@ -47,42 +47,6 @@ from serving.errors import (
 from serving.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BatchPolicy:
-    """The batcher's knobs (the ``Settings`` fields of the same names)."""
-
-    batch_rows: int = 2048
-    chunk_rows: int = 1024
-    max_wait_s: float = 0.002
-    max_queue_rows: int = 50_000
-    batching: bool = True
-    # A batch must finish this long before its deadline, leaving time to rank, encode and
-    # send the answer: the larger of a fixed floor and a fraction of the request's budget.
-    min_slack_s: float = 0.001
-    slack_fraction: float = 0.1
-
-
-class Slots:
-    """Backend instances free to run a batch; shared by the batchers of one backend."""
-
-    def __init__(self, instances: int) -> None:
-        self.total = instances
-        self._sem = asyncio.Semaphore(instances)
-        self.busy = 0
-
-    @property
-    def free(self) -> int:
-        return self.total - self.busy
-
-    async def acquire(self) -> None:
-        await self._sem.acquire()
-        self.busy += 1
-
-    def release(self) -> None:
-        self.busy -= 1
-        self._sem.release()
 
 
 class Batcher:

@@ -18,8 +18,9 @@ import numpy as np
 
 from serving.backends.base import Backend
 from serving.backends.factory import build_backend
-from serving.batching.batcher import Batcher, BatchPolicy, Slots
+from serving.batching.batcher import Batcher
 from serving.batching.layout import CandidateLayout
+from serving.batching.policy import BatchPolicy, Slots
 from serving.batching.work import JobResult
 from serving.errors import BackendError, BadRequest, NotFound, Unavailable
 from serving.gateway.models import ServedModel, scan_repository

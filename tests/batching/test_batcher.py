@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from serving.backends.onnx_runtime import OnnxRuntimeBackend
-from serving.batching.batcher import Batcher, BatchPolicy, Slots
+from serving.batching.batcher import Batcher
 from serving.batching.latency import LatencyModel
 from serving.batching.layout import CandidateLayout
+from serving.batching.policy import BatchPolicy, Slots
 from serving.errors import BackendError, BadRequest, DeadlineExceeded, Overloaded, Unavailable
 from serving.telemetry.metrics import Metrics
 from tests.batching.pausable import PausableBackend
