@@ -72,6 +72,7 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._running_rows = 0
+        self._dead = 0  # dropped chunks still in the heap (lazy deletion)
         self._closing = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -93,6 +94,7 @@ class Batcher:
         for _, _, chunk in self._heap:
             set_if_pending(chunk.job.future, error=Unavailable("the server is shutting down"))
         self._heap.clear()
+        self._dead = 0
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
 
@@ -170,8 +172,15 @@ class Batcher:
             if chunk.state is ChunkState.QUEUED:
                 chunk.state = ChunkState.DROPPED
                 dropped += chunk.rows
+                self._dead += 1
         if dropped:
             self._add_queued(-dropped)
+        if self._dead > 64 and 2 * self._dead > len(self._heap):
+            # Mostly dead entries (e.g. a wave of disconnects with long budgets): rebuild
+            # rather than keep their tensors alive until they surface.
+            self._heap = [entry for entry in self._heap if entry[2].alive]
+            heapq.heapify(self._heap)
+            self._dead = 0
 
     def _retry_after(self) -> float:
         drain = self.latency.predict(self.queued_rows) / max(self.slots.total, 1)
@@ -242,7 +251,7 @@ class Batcher:
         while self._heap:
             chunk = self._heap[0][2]
             if not chunk.alive:
-                heapq.heappop(self._heap)
+                self._pop_head()
                 continue
             if taken and (not mergeable
                           or chunk.job.signature != taken[0][2].job.signature
@@ -272,11 +281,17 @@ class Batcher:
                                        > deadline)
             if chunk.alive and not late:
                 return
-            heapq.heappop(self._heap)
+            self._pop_head()
             if chunk.alive:
                 set_if_pending(chunk.job.future, error=DeadlineExceeded(
                     "the request's budget ran out while it was queued" if deadline <= now
                     else "the request's budget cannot be met: its rows would finish too late"))
+
+    def _pop_head(self) -> Chunk:
+        chunk = heapq.heappop(self._heap)[2]
+        if chunk.state is ChunkState.DROPPED:
+            self._dead -= 1
+        return chunk
 
     def _launch(self, chunks: list[Chunk]) -> None:
         """Mark the chunks running and start their batch. Synchronous with :meth:`_take`

@@ -338,3 +338,25 @@ async def test_work_that_would_finish_too_late_is_not_started(
     finally:
         ort_backend.gate.set()
         await batcher.aclose()
+
+
+async def test_a_wave_of_cancellations_does_not_pin_tensors_in_the_queue(
+        make_batcher: Factory, ort_backend: PausableBackend) -> None:
+    batcher = await make_batcher(batch_rows=4, chunk_rows=4, max_wait_s=0.0)
+    rng = np.random.default_rng(15)
+    ort_backend.gate.clear()
+    first = asyncio.ensure_future(batcher.submit(make_inputs(rng, 1, 4), deadline(30)))
+    await ort_backend.until_waiting(1)
+    gone = [asyncio.ensure_future(batcher.submit(make_inputs(rng, 1, 8), deadline(30)))
+            for _ in range(100)]
+    kept = make_inputs(rng, 1, 3)
+    stays = asyncio.ensure_future(batcher.submit(kept, deadline(30)))
+    await asyncio.sleep(0.01)
+    for task in gone:
+        task.cancel()
+    await asyncio.sleep(0.01)
+    assert batcher.queued_rows == 3
+    assert len(batcher._heap) < 100  # compacted, not 200 dead chunks waiting to surface
+    ort_backend.gate.set()
+    await first
+    np.testing.assert_array_equal((await stays).outputs["y"], expected(kept))
