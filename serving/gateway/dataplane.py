@@ -259,9 +259,11 @@ class DataPlane:
         ids = _ids(request.candidates["video_id"])[order]
         tasks = ranker.value.tasks
         done = loop.time()
-        timings = {"encode_ms": (encoded - started) * 1e3, "queue_ms": result.queue_s * 1e3,
-                   "backend_ms": result.backend_s * 1e3, "batch_rows": result.batch_rows,
-                   "server_ms": (done - started) * 1e3}
+        timings = {"encode_ms": round((encoded - started) * 1e3, 3),
+                   "queue_ms": round(result.queue_s * 1e3, 3),
+                   "backend_ms": round(result.backend_s * 1e3, 3),
+                   "batch_rows": result.batch_rows,
+                   "server_ms": round((done - started) * 1e3, 3)}
         return RankResult(ranker.model, ids, scores[order],
                           {tasks[j]: probs[order, j] for j in shown}, result.degraded, timings)
 
