@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -22,23 +20,9 @@ from serving.batching.batcher import Batcher
 from serving.batching.layout import CandidateLayout
 from serving.batching.policy import BatchPolicy, Slots
 from serving.batching.work import JobResult
-from serving.errors import BackendError, BadRequest, NotFound, Unavailable
+from serving.errors import NotFound, RankServeError, Unavailable
 from serving.gateway.models import ServedModel, scan_repository
-from serving.ranking.features import (
-    HISTORY,
-    ITEM_CAT,
-    ITEM_CATEGORICAL,
-    ITEM_ID,
-    ITEM_ID_SPEC,
-    ITEM_TO_USER,
-    PROBS,
-    USER_CAT,
-    USER_CATEGORICAL,
-    USER_ID,
-    USER_ID_SPEC,
-    FeatureEncoder,
-)
-from serving.ranking.value import ValueModel, top_k
+from serving.gateway.ranker import Ranker, RankRequest, RankResult
 from serving.settings import Settings
 from serving.telemetry.metrics import Metrics
 
@@ -46,60 +30,6 @@ log = logging.getLogger(__name__)
 
 BackendFactory = Callable[[Settings, Mapping[str, Path]], Backend]
 WARMUP_ROWS = (1, 32, 256, 1024)
-
-
-@dataclass
-class RankRequest:
-    """A decoded ``/v1/rank`` request: raw feature columns plus options."""
-
-    user: dict[str, Any]
-    candidates: Mapping[str, Any]
-    n: int
-    context: dict[str, Any] = field(default_factory=dict)
-    history: Any = None
-    model: str | None = None
-    top_k: int | None = None
-    budget_ms: float | None = None
-    weights: Any = None
-    return_tasks: Any = None
-    request_id: str | None = None
-
-
-@dataclass
-class RankResult:
-    model: ServedModel
-    video_ids: np.ndarray
-    scores: np.ndarray
-    probs: dict[str, np.ndarray]
-    degraded: bool
-    timings: dict[str, float]
-
-
-@dataclass
-class Ranker:
-    """What ``/v1/rank`` needs beyond the raw model: the encoder and the value model."""
-
-    model: ServedModel
-    encoder: FeatureEncoder
-    value: ValueModel
-
-    def check_ids(self, inputs: Mapping[str, np.ndarray]) -> None:
-        """Raw ``/v2`` id tensors must index the model's embedding tables: one id past a
-        table would fail ONNX Runtime for every request in the batch.
-
-        Raises:
-            BadRequest: an id is negative or past its feature's vocabulary.
-        """
-        sizes = self.encoder.cardinalities()
-        limits = {USER_ID: sizes[USER_ID_SPEC.name], ITEM_ID: sizes[ITEM_ID_SPEC.name],
-                  HISTORY: sizes[ITEM_ID_SPEC.name],
-                  USER_CAT: np.array([sizes[s.name] for s in USER_CATEGORICAL]),
-                  ITEM_CAT: np.array([sizes[s.name] for s in ITEM_CATEGORICAL])}
-        for name, limit in limits.items():
-            ids = inputs[name]
-            if ids.size and ((ids < 0).any() or (ids >= limit).any()):
-                raise BadRequest(f"'{name}' holds ids outside the model's vocabulary",
-                                 field=f"inputs.{name}")
 
 
 class DataPlane:
@@ -133,9 +63,7 @@ class DataPlane:
         self.models = scan_repository(s.model_repository)
         for model in self.models.values():
             if model.card is not None and isinstance(model.layout(), CandidateLayout):
-                self.rankers[model.name] = Ranker(
-                    model, FeatureEncoder.from_card(model.card.features),
-                    ValueModel(model.card.tasks, model.card.value_weights))
+                self.rankers[model.name] = Ranker.from_model(model, model.card)
         self.backend = self._backend_factory(s, {m.name: m.onnx_path
                                                  for m in self.models.values()})
         await self.backend.start()
@@ -157,7 +85,15 @@ class DataPlane:
                  sorted(self.rankers))
 
     async def _warm_up(self, batcher: Batcher, model: ServedModel) -> None:
-        """First runs allocate memory and pick kernels; they also seed the latency model."""
+        """First runs allocate memory and pick kernels; they also seed the latency model.
+        Best effort: a backend that is not ready yet (Triton still loading) is warmed up
+        by traffic instead, and the latency model starts from its prior."""
+        try:
+            await self._warm_up_runs(batcher, model)
+        except RankServeError as e:
+            log.warning("warm-up of %s skipped: %s", model.name, e.message)
+
+    async def _warm_up_runs(self, batcher: Batcher, model: ServedModel) -> None:
         layout = batcher.layout
         if not isinstance(layout, CandidateLayout) or self.backend is None:
             return
@@ -242,30 +178,13 @@ class DataPlane:
         weights = ranker.value.weights(request.weights)
         shown = ranker.value.task_indices(request.return_tasks)
         self._batcher(ranker.model.name).admit(request.n, deadline)  # before encoding
-        encoder, n = ranker.encoder, request.n
-        tensors = encoder.encode_items(request.candidates, n)
-        users = {k: [v] for k, v in request.user.items()}
-        contexts = {k: [v] for k, v in request.context.items()}
-        tensors.update(encoder.encode_users(users, contexts, [request.history], 1))
-        tensors[ITEM_TO_USER] = np.zeros(n, dtype=np.int64)
+        tensors = ranker.encode(request)
         encoded = loop.time()
         result = await self._submit(ranker.model.name, tensors, deadline)
-        probs = result.outputs[PROBS]
-        if probs.shape != (n, len(ranker.value.tasks)):
-            raise BackendError(f"model returned probs of shape {probs.shape}, expected "
-                               f"({n}, {len(ranker.value.tasks)})")
-        scores = ValueModel.score(probs, weights)
-        order = top_k(scores, request.top_k)
-        ids = _ids(request.candidates["video_id"])[order]
-        tasks = ranker.value.tasks
-        done = loop.time()
-        timings = {"encode_ms": round((encoded - started) * 1e3, 3),
-                   "queue_ms": round(result.queue_s * 1e3, 3),
-                   "backend_ms": round(result.backend_s * 1e3, 3),
-                   "batch_rows": result.batch_rows,
-                   "server_ms": round((done - started) * 1e3, 3)}
-        return RankResult(ranker.model, ids, scores[order],
-                          {tasks[j]: probs[order, j] for j in shown}, result.degraded, timings)
+        ranked = ranker.rank(request, result, weights, shown)
+        ranked.timings.update(encode_ms=round((encoded - started) * 1e3, 3),
+                              server_ms=round((loop.time() - started) * 1e3, 3))
+        return ranked
 
     async def infer(self, model: ServedModel, inputs: Mapping[str, np.ndarray],
                     deadline: float) -> JobResult:
@@ -289,12 +208,3 @@ class DataPlane:
                       deadline: float) -> JobResult:
         return await self._batcher(model).submit(inputs, deadline)
 
-
-def _ids(raw: Any) -> np.ndarray:
-    """Candidate ids as sent (already validated as integers by the encoder)."""
-    if isinstance(raw, np.ndarray):
-        return raw.astype(np.int64, copy=False)
-    try:
-        return np.asarray(raw, dtype=np.int64)
-    except (TypeError, ValueError, OverflowError):
-        return np.asarray(raw, dtype=np.float64).astype(np.int64)

@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 
 from serving.errors import BadRequest, InvalidFeature, MissingFeature, PayloadTooLarge
-from serving.gateway.dataplane import RankRequest, RankResult
+from serving.gateway.ranker import RankRequest, RankResult
 from serving.ranking.features import columns_from_rows
 
 FIELDS = frozenset({"request_id", "model", "user", "context", "history", "candidates",
