@@ -32,6 +32,8 @@ log = logging.getLogger("rankserve.access")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PROTECTED = ("/v1/", "/v2")
 STATUS_CLIENT_CLOSED = 499  # nginx's convention, used only in metrics and logs
+SHEDDING = frozenset({429, 503, 504, STATUS_CLIENT_CLOSED})
+"""Expected outcomes under overload: counted by metrics, logged only at DEBUG."""
 
 
 def error_response(error: RankServeError, request_id: str) -> web.Response:
@@ -88,8 +90,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         route = resource.canonical if resource is not None else "unmatched"
         elapsed = loop.time() - arrival
         metrics.request_latency.labels(route, str(status)).observe(elapsed)
-        level = logging.DEBUG if status < 400 else logging.INFO
-        log.log(level, "%s %s %d", request.method, request.path, status,
+        log.log(_access_level(status), "%s %s %d", request.method, request.path, status,
                 extra={"status": status, "ms": round(elapsed * 1e3, 3), "route": route})
         request_id_var.reset(token)
 
@@ -100,6 +101,14 @@ def _error(error: RankServeError, request: web.Request) -> web.Response:
         metrics.shed.inc()
     elif isinstance(error, DeadlineExceeded):
         metrics.deadline_exceeded.inc()
-    if error.status >= 500:
+    if error.status >= 500 and error.status not in SHEDDING:
         log.warning("%s: %s", error.code, error.message)
     return error_response(error, request[REQUEST_ID])
+
+
+def _access_level(status: int) -> int:
+    """Success and load shedding (counted by metrics, and frequent under overload) at
+    DEBUG; client errors at INFO; server faults at WARNING."""
+    if status < 400 or status in SHEDDING:
+        return logging.DEBUG
+    return logging.INFO if status < 500 else logging.WARNING
