@@ -29,7 +29,6 @@ class LatencyModel:
         self._sxy = np.zeros(2)
         self._theta = self._prior.copy()
         self._residual_var = (0.5 * fixed_s * 1e3) ** 2
-        self.observations = 0
 
     @staticmethod
     def _x(rows: int) -> np.ndarray:
@@ -59,5 +58,4 @@ class LatencyModel:
         self._theta = np.linalg.solve(self._sxx + self._ridge,
                                       self._sxy + self._ridge @ self._prior)
         self._residual_var = lam * self._residual_var + (1 - lam) * (error * 1e3) ** 2
-        self.observations += 1
         return error
