@@ -134,12 +134,13 @@ class Batcher:
             raise DeadlineExceeded("the request's budget ran out before its rows were "
                                    "scored") from None
 
-    def admit(self, rows: int, deadline: float) -> None:
+    def admit(self, rows: int, deadline: float, prep_s: float = 0.0) -> None:
         """Refuse a request that cannot be served, before anyone spends CPU encoding it.
 
-        Its finish time is estimated as now + the per-row cost of the rows due before it
-        (queued rows with an earlier deadline, half of the rows running) and its own rows,
-        spread over the backend's instances, + one fixed batch cost.
+        Its finish time is estimated as now + ``prep_s`` (the caller's own work before it
+        submits, e.g. encoding) + the per-row cost of the rows due before it (queued rows
+        with an earlier deadline, half of the rows running) and its own rows, spread over
+        the backend's instances, + one fixed batch cost + the minimum slack.
 
         Raises:
             Unavailable: the batcher is not running.
@@ -157,7 +158,7 @@ class Batcher:
         ahead = sum(c.rows for d, _, c in self._heap if d <= deadline and c.alive)
         fixed, per_row = self.latency.coefficients
         work = per_row * (ahead + self._running_rows / 2 + rows) / self.slots.total
-        if now + fixed + work > deadline:
+        if now + prep_s + fixed + work + self.policy.min_slack_s > deadline:
             raise DeadlineExceeded(f"the request's budget cannot be met: {ahead} rows are "
                                    f"due before it")
 

@@ -49,6 +49,7 @@ class DataPlane:
         self.backend: Backend | None = None
         self.draining = False
         self._started = False
+        self._encode_s_per_row = 0.0  # EWMA of request decoding + encoding cost, per row
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -177,9 +178,12 @@ class DataPlane:
         ranker = self.ranker(request.model)
         weights = ranker.value.weights(request.weights)
         shown = ranker.value.task_indices(request.return_tasks)
-        self._batcher(ranker.model.name).admit(request.n, deadline)  # before encoding
+        batcher = self._batcher(ranker.model.name)
+        batcher.admit(request.n, deadline, self._encode_s_per_row * request.n)
         tensors = ranker.encode(request)
         encoded = loop.time()
+        self._encode_s_per_row += 0.05 * ((encoded - started) / request.n
+                                          - self._encode_s_per_row)
         result = await self._submit(ranker.model.name, tensors, deadline)
         ranked = ranker.rank(request, result, weights, shown)
         ranked.timings.update(encode_ms=round((encoded - started) * 1e3, 3),
