@@ -48,6 +48,9 @@ from serving.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+ADMIT_MARGIN = 2.0
+"""Admission refuses a request when its estimated time is over this many times its budget."""
+
 
 class Batcher:
     """Queues one model's requests and drives its batches through a backend.
@@ -140,7 +143,10 @@ class Batcher:
         Its finish time is estimated as now + ``prep_s`` (the caller's own work before it
         submits, e.g. encoding) + the per-row cost of the rows due before it (queued rows
         with an earlier deadline, half of the rows running) and its own rows, spread over
-        the backend's instances, + one fixed batch cost + the minimum slack.
+        the backend's instances, + one fixed batch cost + the minimum slack. It is refused
+        only when that is over ``ADMIT_MARGIN`` times the time left: a clear overload, not
+        a close call that a latency model off by a little would get wrong (close calls are
+        decided at dispatch, on fresher estimates).
 
         Raises:
             Unavailable: the batcher is not running.
@@ -158,7 +164,7 @@ class Batcher:
         ahead = sum(c.rows for d, _, c in self._heap if d <= deadline and c.alive)
         fixed, per_row = self.latency.coefficients
         work = per_row * (ahead + self._running_rows / 2 + rows) / self.slots.total
-        if now + prep_s + fixed + work + self.policy.min_slack_s > deadline:
+        if prep_s + fixed + work + self.policy.min_slack_s > ADMIT_MARGIN * (deadline - now):
             raise DeadlineExceeded(f"the request's budget cannot be met: {ahead} rows are "
                                    f"due before it")
 

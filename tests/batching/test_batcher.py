@@ -301,15 +301,16 @@ async def test_unmeetable_deadline_is_refused_before_queueing(
         ort_backend.gate.clear()
         first = asyncio.ensure_future(batcher.submit(make_inputs(rng, 1, 4), deadline(30)))
         await ort_backend.until_waiting(1)
-        ahead = asyncio.ensure_future(batcher.submit(make_inputs(rng, 1, 40), deadline(5)))
+        ahead = asyncio.ensure_future(batcher.submit(make_inputs(rng, 1, 40), deadline(3)))
         await asyncio.sleep(0.01)
-        # 40 rows due earlier, then 20 own rows, at 0.1 s each: 5.2 s cannot be met.
+        # 40 rows due earlier, then 25 own rows, at 0.1 s each: 6.7 s, over twice 3.2 s.
         with pytest.raises(DeadlineExceeded, match="40 rows are due before it"):
-            batcher.admit(20, deadline(5.2))
+            batcher.admit(25, deadline(3.2))
         with pytest.raises(DeadlineExceeded):
-            await batcher.submit(make_inputs(rng, 1, 20), deadline(5.2))
+            await batcher.submit(make_inputs(rng, 1, 25), deadline(3.2))
         assert batcher.queued_rows == 40  # the refused request was never queued
-        batcher.admit(3, deadline(4))  # due before the 40 rows (EDF): it can make it
+        batcher.admit(3, deadline(2.9))  # due before the 40 rows (EDF): it can make it
+        batcher.admit(20, deadline(3.2))  # a close call (6.2 s): left to the dispatcher
         ort_backend.gate.set()
         await asyncio.gather(first, ahead)
         assert sorted(len(c["x"]) for c in ort_backend.calls) == [4] * 11
