@@ -177,7 +177,9 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"), so figures are medians of {s['repeats']} sweeps. Gateway and raw ONNX Runtime on "
         f"core {s['server_cpu']}, load generator on core {s['client_cpu']}. Bound: p99 <= "
         f"{s['p99_ms']:g} ms and errors <= {s['max_error_rate']:.0%} (the budget header is "
-        f"the bound), {s['seconds_per_point']:g} s per point.",
+        f"the bound), {s['seconds_per_point']:g} s per point (at least 20 requests), each "
+        "sweep after a 2 s unmeasured warm-up at a 1,000 ms budget so the gateway's latency "
+        "model has seen the request size.",
         "",
         f"Load generator: {result['generator']['kind']}. Its ceiling against a do-nothing "
         "sink on the server's core: " + ", ".join(
