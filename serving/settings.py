@@ -8,11 +8,12 @@ every field with its default. The Helm chart's ConfigMap sets the same names.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -65,12 +66,53 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024,
                                 description="Largest request body, checked before parsing.")
     auth_token: str | None = Field(None, description="Bearer token required on /v1 and /v2.")
+
+    admin_enabled: bool = Field(
+        False, description="Serve the /admin model-management endpoints (needs admin_token).")
+    admin_token: str | None = Field(
+        None, description="Bearer token the /admin endpoints require (own secret, not "
+                          "auth_token).")
+    rollout: dict[str, dict[int, float]] = Field(
+        default_factory=dict,
+        description="Traffic split per model by a stable hash of the user id, as JSON: "
+                    '{"feed_ranker": {"1": 90, "2": 10}} (percentages summing to 100).')
+    shadow: dict[str, int] = Field(
+        default_factory=dict,
+        description='Candidate version scored in the shadow of each request, as JSON: '
+                    '{"feed_ranker": 2}; compared with the served scores, never returned.')
+    shadow_max_inflight: int = Field(
+        2, ge=1, description="Shadow scorings running at once; more are dropped (counted).")
+    shutdown_delay_s: float = Field(
+        0.0, ge=0, description="Seconds between SIGTERM and closing the listener: /readyz "
+                               "answers 503 meanwhile (load balancers stop sending) and "
+                               "requests still arriving are served.")
     log_level: str = Field("INFO", description="Logging level.")
 
     @field_validator("providers", mode="before")
     @classmethod
     def _split_providers(cls, value: Any) -> Any:
         return value.split(",") if isinstance(value, str) else value
+
+    @field_validator("rollout", "shadow", mode="before")
+    @classmethod
+    def _parse_json(cls, value: Any) -> Any:
+        """Flags and environment variables carry these mappings as JSON text."""
+        return json.loads(value) if isinstance(value, str) else value
+
+    @field_validator("rollout")
+    @classmethod
+    def _check_split(cls, value: dict[str, dict[int, float]]) -> dict[str, dict[int, float]]:
+        for model, split in value.items():
+            if any(share < 0 for share in split.values()) \
+                    or abs(sum(split.values()) - 100.0) > 1e-6:
+                raise ValueError(f"rollout.{model}: percentages must be >= 0 and sum to 100")
+        return value
+
+    @model_validator(mode="after")
+    def _admin_needs_token(self) -> Settings:
+        if self.admin_enabled and not self.admin_token:
+            raise ValueError("admin_enabled needs admin_token")
+        return self
 
     @classmethod
     def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:

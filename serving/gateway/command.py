@@ -3,8 +3,9 @@
 Every :class:`~serving.settings.Settings` field is a flag (``--batch-rows``), generated from
 the model so ``--help`` always lists every setting with its default and description.
 Priority: defaults < ``--config`` YAML < ``RANKSERVE_*`` environment < flags. SIGTERM and
-SIGINT stop taking connections, finish in-flight requests, then drain the batchers and
-close the backend (aiohttp's runner order).
+SIGINT turn ``/readyz`` to 503, keep serving for ``shutdown_delay_s``, then stop taking
+connections, finish in-flight requests, drain the batchers and close the backend
+(aiohttp's runner order).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pydantic import ValidationError
 
 from serving.errors import RankServeError
 from serving.gateway.app import create_app
+from serving.gateway.keys import DATA_PLANE
 from serving.settings import Settings
 from serving.telemetry.logs import configure_logging
 
@@ -87,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
 
 async def serve(settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT, then shut down in order."""
-    runner = web.AppRunner(create_app(settings), handler_cancellation=True, access_log=None,
+    app = create_app(settings)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
                            shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     try:
@@ -102,6 +105,9 @@ async def serve(settings: Settings) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        log.info("shutting down: finishing in-flight requests, then draining the batchers")
+        app[DATA_PLANE].draining = True  # /readyz 503 from now on
+        log.info("shutting down: not ready; closing the listener in %g s, then finishing "
+                 "in-flight requests and draining the batchers", settings.shutdown_delay_s)
+        await asyncio.sleep(settings.shutdown_delay_s)
     finally:
         await runner.cleanup()
