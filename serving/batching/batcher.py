@@ -48,9 +48,6 @@ from serving.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-ADMIT_MARGIN = 2.0
-"""Admission refuses a request when its estimated time is over this many times its budget."""
-
 
 class Batcher:
     """Queues one model's requests and drives its batches through a backend.
@@ -143,10 +140,8 @@ class Batcher:
         Its finish time is estimated as now + ``prep_s`` (the caller's own work before it
         submits, e.g. encoding) + the per-row cost of the rows due before it (queued rows
         with an earlier deadline, half of the rows running) and its own rows, spread over
-        the backend's instances, + one fixed batch cost + the minimum slack. It is refused
-        only when that is over ``ADMIT_MARGIN`` times the time left: a clear overload, not
-        a close call that a latency model off by a little would get wrong (close calls are
-        decided at dispatch, on fresher estimates).
+        the backend's instances, + one fixed batch cost + the minimum slack. The estimate
+        is trusted only while the latency model is fresh (see ``LatencyModel.fresh``).
 
         Raises:
             Unavailable: the batcher is not running.
@@ -164,7 +159,8 @@ class Batcher:
         ahead = sum(c.rows for d, _, c in self._heap if d <= deadline and c.alive)
         fixed, per_row = self.latency.coefficients
         work = per_row * (ahead + self._running_rows / 2 + rows) / self.slots.total
-        if prep_s + fixed + work + self.policy.min_slack_s > ADMIT_MARGIN * (deadline - now):
+        if self.latency.fresh(now) and \
+                now + prep_s + fixed + work + self.policy.min_slack_s > deadline:
             raise DeadlineExceeded(f"the request's budget cannot be met: {ahead} rows are "
                                    f"due before it")
 
@@ -225,10 +221,10 @@ class Batcher:
         """Wait, holding an instance, until the head of the queue should be dispatched."""
         loop = asyncio.get_running_loop()
         while True:
-            self._expire(loop.time(), doomed=True)
+            now = loop.time()
+            self._expire(now, doomed=self.latency.fresh(now))
             if not self._heap:
                 return []
-            now = loop.time()
             entries, full = self._take(now)
             chunks = [chunk for _, _, chunk in entries]
             rows = sum(c.rows for c in chunks)
@@ -354,13 +350,19 @@ class Batcher:
             output = await self.backend.infer(self.model, inputs, timeout)
             elapsed = loop.time() - dispatched
             parts = self.layout.split(output.outputs, chunks, rows)
+        except DeadlineExceeded as e:
+            # Cut off, so at least this slow: learning that lower bound keeps the model
+            # current and pessimistic exactly when batches run late.
+            now = loop.time()
+            self.latency.observe(rows, now - dispatched, at=now)
+            return e
         except RankServeError as e:
             return e
         except Exception:
             log.exception("backend failed on a batch", extra={"model": self.model,
                                                               "rows": rows})
             return BackendError("the backend failed on this request's batch")
-        error = self.latency.observe(rows, elapsed)
+        error = self.latency.observe(rows, elapsed, at=loop.time())
         self.metrics.backend_latency.labels(self.backend.name).observe(elapsed)
         self.metrics.latency_model_error.labels(self.backend.name).observe(abs(error))
         for chunk, part in zip(chunks, parts, strict=True):

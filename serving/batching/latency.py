@@ -29,6 +29,16 @@ class LatencyModel:
         self._sxy = np.zeros(2)
         self._theta = self._prior.copy()
         self._residual_var = (0.5 * fixed_s * 1e3) ** 2
+        self.updated_at = -math.inf
+
+    def fresh(self, now: float, within_s: float = 1.0) -> bool:
+        """Whether a served batch taught the model something in the last ``within_s``.
+
+        Decisions that refuse work on a prediction need this: a model that went stale
+        (or only saw warm-up under a CPU spike) could otherwise refuse everything forever,
+        since refused work teaches it nothing.
+        """
+        return now - self.updated_at < within_s
 
     @staticmethod
     def _x(rows: int) -> np.ndarray:
@@ -47,9 +57,12 @@ class LatencyModel:
         """(fixed seconds, seconds per row) as currently fitted."""
         return self._theta[0] / 1e3, self._theta[1] / 1e3 / _ROW_SCALE
 
-    def observe(self, rows: int, seconds: float) -> float:
+    def observe(self, rows: int, seconds: float, at: float | None = None) -> float:
         """Learn from one finished batch; returns the prediction error in seconds
-        (observed minus predicted, before this observation was learned)."""
+        (observed minus predicted, before this observation was learned). ``at`` (a loop
+        time) marks the model as current: see :meth:`fresh`. Warm-up runs leave it out."""
+        if at is not None:
+            self.updated_at = at
         error = seconds - self.predict(rows)
         x, y = self._x(rows), seconds * 1e3
         lam = self._forgetting

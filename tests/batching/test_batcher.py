@@ -283,9 +283,13 @@ async def test_one_poisoned_request_fails_alone(tmp_path: Path) -> None:
         await backend.aclose()
 
 
-async def slow_batcher(backend: PausableBackend, per_row_s: float) -> Batcher:
-    """A batcher whose latency model believes each row costs ``per_row_s``."""
+async def slow_batcher(backend: PausableBackend, per_row_s: float,
+                       fresh: bool = True) -> Batcher:
+    """A batcher whose latency model believes each row costs ``per_row_s`` (and, if
+    ``fresh``, has just seen a batch confirm it)."""
     latency = LatencyModel(fixed_s=0.001, per_row_s=per_row_s)
+    if fresh:
+        latency.observe(4, 0.001 + 4 * per_row_s, at=asyncio.get_running_loop().time())
     batcher = Batcher(backend, "gather_add", LAYOUT,
                       BatchPolicy(batch_rows=4, chunk_rows=4, max_wait_s=0.0), Metrics(),
                       Slots(1), latency)
@@ -301,16 +305,15 @@ async def test_unmeetable_deadline_is_refused_before_queueing(
         ort_backend.gate.clear()
         first = asyncio.ensure_future(batcher.submit(make_inputs(rng, 1, 4), deadline(30)))
         await ort_backend.until_waiting(1)
-        ahead = asyncio.ensure_future(batcher.submit(make_inputs(rng, 1, 40), deadline(3)))
+        ahead = asyncio.ensure_future(batcher.submit(make_inputs(rng, 1, 40), deadline(5)))
         await asyncio.sleep(0.01)
-        # 40 rows due earlier, then 25 own rows, at 0.1 s each: 6.7 s, over twice 3.2 s.
+        # 40 rows due earlier, then 20 own rows, at 0.1 s each: 5.2 s cannot be met.
         with pytest.raises(DeadlineExceeded, match="40 rows are due before it"):
-            batcher.admit(25, deadline(3.2))
+            batcher.admit(20, deadline(5.2))
         with pytest.raises(DeadlineExceeded):
-            await batcher.submit(make_inputs(rng, 1, 25), deadline(3.2))
+            await batcher.submit(make_inputs(rng, 1, 20), deadline(5.2))
         assert batcher.queued_rows == 40  # the refused request was never queued
-        batcher.admit(3, deadline(2.9))  # due before the 40 rows (EDF): it can make it
-        batcher.admit(20, deadline(3.2))  # a close call (6.2 s): left to the dispatcher
+        batcher.admit(3, deadline(4))  # due before the 40 rows (EDF): it can make it
         ort_backend.gate.set()
         await asyncio.gather(first, ahead)
         assert sorted(len(c["x"]) for c in ort_backend.calls) == [4] * 11
@@ -361,3 +364,18 @@ async def test_a_wave_of_cancellations_does_not_pin_tensors_in_the_queue(
     ort_backend.gate.set()
     await first
     np.testing.assert_array_equal((await stays).outputs["y"], expected(kept))
+
+
+async def test_a_stale_pessimistic_model_does_not_refuse_everything(
+        ort_backend: PausableBackend) -> None:
+    # The model believes 10 s per row but has seen no real batch: predictions must not
+    # refuse work, or it would never see one and never learn better.
+    batcher = await slow_batcher(ort_backend, per_row_s=10.0, fresh=False)
+    try:
+        job = make_inputs(np.random.default_rng(16), 1, 4)
+        result = await batcher.submit(job, deadline(2.0))
+        np.testing.assert_array_equal(result.outputs["y"], expected(job))
+        assert batcher.latency.predict(4) < 4.0  # it learned from that batch (was 40 s)
+        assert batcher.latency.fresh(asyncio.get_running_loop().time())
+    finally:
+        await batcher.aclose()
