@@ -53,6 +53,20 @@ class Unauthorized(RankServeError):
     code = "unauthorized"
 
 
+class Forbidden(RankServeError):
+    """The credentials were presented but are not the right ones (the admin token)."""
+
+    status = 403
+    code = "forbidden"
+
+
+class Conflict(RankServeError):
+    """The request contradicts the server's current state (unloading the last version)."""
+
+    status = 409
+    code = "conflict"
+
+
 class UnsupportedMediaType(BadRequest):
     """The body's content type is not one the endpoint decodes."""
 

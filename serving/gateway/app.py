@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from serving.backends.factory import build_backend
-from serving.gateway import handlers, v2_handlers
+from serving.gateway import admin, handlers, v2_handlers
 from serving.gateway.dataplane import BackendFactory, DataPlane
 from serving.gateway.keys import DATA_PLANE, METRICS, SETTINGS
 from serving.gateway.middleware import gateway_middleware
@@ -39,6 +39,7 @@ def create_app(settings: Settings, backend_factory: BackendFactory = build_backe
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
     v2_handlers.add_routes(app)
+    admin.add_routes(app)
     return app
 
 

@@ -104,6 +104,8 @@ async def serve(settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # SIGHUP reloads the repository: new versions are loaded, then swapped in.
+        loop.add_signal_handler(signal.SIGHUP, app[DATA_PLANE].rollout.reload_in_background)
         await stop.wait()
         app[DATA_PLANE].draining = True  # /readyz 503 from now on
         log.info("shutting down: not ready; closing the listener in %g s, then finishing "

@@ -92,15 +92,15 @@ def _tensors(entries: list[mc.ModelInput] | list[mc.ModelOutput], batched: bool,
     return tuple(out)
 
 
-def load_model(model_dir: Path) -> ServedModel:
-    """Read one model directory.
+def model_versions(model_dir: Path) -> tuple[mc.ModelConfig, list[int]]:
+    """A model directory's config and the versions on disk (folders holding the ONNX
+    file), ascending.
 
     Raises:
-        ModelCardError: no config, no version with an ONNX file, or an unservable config.
+        ModelCardError: no config, no version with an ONNX file, or a name mismatch.
     """
     config = parse_config(model_dir / CONFIG_FILE)
-    name = model_dir.name
-    if config.name and config.name != name:
+    if config.name and config.name != model_dir.name:
         raise ModelCardError(f"{model_dir}: config name '{config.name}' differs from the "
                              f"directory name", field="name")
     filename = config.default_model_filename or ONNX_FILE
@@ -109,11 +109,27 @@ def load_model(model_dir: Path) -> ServedModel:
     if not versions:
         raise ModelCardError(f"{model_dir}: no version folder holds {filename}",
                              field=str(model_dir))
-    version_dir = model_dir / str(versions[-1])
+    return config, versions
+
+
+def load_model(model_dir: Path, version: int | None = None) -> ServedModel:
+    """Read one model directory at ``version`` (default: the newest on disk).
+
+    Raises:
+        ModelCardError: no config, no such version, or an unservable config.
+    """
+    config, versions = model_versions(model_dir)
+    name = model_dir.name
+    version = versions[-1] if version is None else version
+    if version not in versions:
+        raise ModelCardError(f"{model_dir}: no version {version} on disk (have {versions})",
+                             field="version")
+    version_dir = model_dir / str(version)
     card_path = version_dir / CARD_FILE
     card = ModelCard.load(card_path) if card_path.is_file() else None
     batched = config.max_batch_size > 0
-    return ServedModel(name, versions[-1], version_dir / filename, config,
+    filename = config.default_model_filename or ONNX_FILE
+    return ServedModel(name, version, version_dir / filename, config,
                        _tensors(list(config.input), batched, str(model_dir)),
                        _tensors(list(config.output), batched, str(model_dir)), card)
 

@@ -1,0 +1,1 @@
+"""Model rollouts: several versions served at once, traffic split, shadow scoring, reloads."""

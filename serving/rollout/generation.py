@@ -1,0 +1,185 @@
+"""One generation of served model versions: a backend, a batcher per version, rankers.
+
+A generation is built completely (sessions loaded, warmed up, batchers running) before
+it takes traffic, and is never changed afterwards: a reload builds the next generation,
+the data plane switches to it in one assignment, and the old one drains (its queued and
+running batches finish) before it closes. Requests pick their version synchronously at
+submit time, so after the switch no new work reaches the old generation and none is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from serving.backends.base import Backend
+from serving.batching.batcher import Batcher
+from serving.batching.layout import CandidateLayout
+from serving.batching.policy import BatchPolicy, Slots
+from serving.errors import ModelCardError, RankServeError
+from serving.gateway.models import ServedModel
+from serving.gateway.ranker import Ranker
+from serving.rollout.routing import Split
+from serving.settings import Settings
+from serving.telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+BackendFactory = Callable[[Settings, Mapping[str, Path]], Backend]
+WARMUP_ROWS = (1, 32, 256, 1024)
+
+
+@dataclass(frozen=True)
+class Served:
+    """One loaded model version and the batcher that scores it."""
+
+    model: ServedModel
+    ranker: Ranker | None
+    batcher: Batcher
+
+
+def backend_key(model: ServedModel, several: bool) -> str:
+    """The name a version has inside the backend: the model name when it is the only
+    version served (what Triton knows it by), ``name@version`` when several are."""
+    return f"{model.name}@{model.version}" if several else model.name
+
+
+class Generation:
+    """An immutable set of served versions (see the module docstring)."""
+
+    def __init__(self, backend: Backend, served: Sequence[Served],
+                 rollout: Mapping[str, Mapping[int, float]]) -> None:
+        self.backend = backend
+        self.served = {(s.model.name, s.model.version): s for s in served}
+        self.default: dict[str, Served] = {}
+        for s in sorted(served, key=lambda s: s.model.version):
+            self.default[s.model.name] = s  # the newest loaded version
+        self._users = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.splits = {name: split for name, shares in rollout.items()
+                       if (split := Split.of(name, shares, self.versions(name))) is not None}
+
+    def versions(self, name: str) -> list[int]:
+        """Loaded versions of ``name``, ascending."""
+        return sorted(v for n, v in self.served if n == name)
+
+    def get(self, name: str, version: int) -> Served | None:
+        return self.served.get((name, version))
+
+    def for_user(self, name: str, user: str | None) -> Served | None:
+        """The version of ``name`` that answers ``user`` (the split, else the default)."""
+        split = self.splits.get(name)
+        if split is None or user is None:
+            return self.default.get(name)
+        return self.served[(name, split.version_for(user))]
+
+    @classmethod
+    async def open(cls, settings: Settings, metrics: Metrics, factory: BackendFactory,
+                   models: Sequence[ServedModel]) -> Generation:
+        """Load, warm up and start every version in ``models`` on a new backend.
+
+        Raises:
+            ModelCardError: a model is invalid, or several versions of one model are asked
+                of the Triton backend (Triton applies its own version policy).
+            RankServeError: the backend failed to start.
+        """
+        counts: dict[str, int] = {}
+        for m in models:
+            counts[m.name] = counts.get(m.name, 0) + 1
+        several = {name for name, n in counts.items() if n > 1}
+        if several and settings.backend == "triton":
+            raise ModelCardError(f"several versions of {sorted(several)} at once need the "
+                                 f"embedded backend; Triton serves its own version_policy",
+                                 field="version")
+        keys = [backend_key(m, m.name in several) for m in models]
+        backend = factory(settings, {key: m.onnx_path for key, m in zip(keys, models,
+                                                                        strict=True)})
+        await backend.start()
+        served: list[Served] = []
+        try:
+            slots = Slots(backend.instances)
+            for key, model in zip(keys, models, strict=True):
+                ranker = (Ranker.from_model(model, model.card) if model.card is not None
+                          and isinstance(model.layout(), CandidateLayout) else None)
+                mbs = model.max_batch_size or settings.batch_rows
+                policy = BatchPolicy(batch_rows=min(settings.batch_rows, mbs),
+                                     chunk_rows=min(settings.chunk_rows, mbs),
+                                     max_wait_s=settings.max_wait_ms / 1e3,
+                                     max_queue_rows=settings.max_queue_rows,
+                                     batching=settings.batching)
+                batcher = Batcher(backend, key, model.layout(), policy, metrics, slots)
+                await _warm_up(backend, batcher, model)
+                await batcher.start()
+                served.append(Served(model, ranker, batcher))
+        except BaseException:
+            await _close(backend, served)
+            raise
+        return cls(backend, served, settings.rollout)
+
+    @contextlib.contextmanager
+    def using(self) -> Iterator[None]:
+        """Held by every request (and shadow scoring) from routing to its answer, so a
+        drain knows when the last one has finished."""
+        self._users += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._users -= 1
+            if self._users == 0:
+                self._idle.set()
+
+    async def drain_and_close(self, timeout_s: float) -> None:
+        """Wait (up to ``timeout_s``) until the requests already using this generation have
+        their answers, then stop the batchers and the backend. Called after the switch, so
+        no new request comes."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        if self._users:
+            log.warning("closing a model generation with %d request(s) still in flight",
+                        self._users)
+        await _close(self.backend, list(self.served.values()))
+
+
+async def _close(backend: Backend, served: Sequence[Served]) -> None:
+    for s in served:
+        await s.batcher.aclose()
+    await backend.aclose()
+
+
+async def _warm_up(backend: Backend, batcher: Batcher, model: ServedModel) -> None:
+    """First runs allocate memory and pick kernels; they also seed the latency model.
+    Best effort: a backend that is not ready yet (Triton still loading) is warmed up
+    by traffic instead, and the latency model starts from its prior."""
+    try:
+        await _warm_up_runs(backend, batcher, model)
+    except RankServeError as e:
+        log.warning("warm-up of %s skipped: %s", model.name, e.message)
+
+
+async def _warm_up_runs(backend: Backend, batcher: Batcher, model: ServedModel) -> None:
+    layout = batcher.layout
+    if not isinstance(layout, CandidateLayout):
+        return
+    for i, rows in enumerate(r for r in WARMUP_ROWS if r <= batcher.policy.batch_rows):
+        inputs = {}
+        for t in model.inputs:
+            n = 1 if t.name in layout.shared else rows
+            shape = [n if axis == 0 and d < 0 else max(d, 1) for axis, d in enumerate(t.shape)]
+            inputs[t.name] = np.zeros(shape, dtype=t.dtype)
+        loop = asyncio.get_running_loop()
+        for repeat in range(2):
+            started = loop.time()
+            await backend.infer(batcher.model, inputs, 60.0)
+            if i or repeat:  # the very first run includes one-off setup costs
+                batcher.latency.observe(rows, loop.time() - started)
+    fixed, per_row = batcher.latency.coefficients
+    log.info("warmed up %s version %d: predicted batch time %.3f ms + %.2f us/row",
+             model.name, model.version, fixed * 1e3, per_row * 1e6)
