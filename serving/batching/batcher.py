@@ -48,6 +48,15 @@ from serving.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+ADMIT_FRACTION = 0.5
+"""Admission keeps a request's predicted finish within this fraction of its time left.
+
+Under overload the queue sits at this line: about half a budget of work queued keeps the
+backend busy, and the other half absorbs the latency model's error. At 1.0 the queue sits
+at the deadline itself and every underestimate becomes a 504 after queueing (measured at
+3x capacity, 50 ms budgets: 1,700 of 3,500 requests were 504 at 1.0, 0.3% at 0.5, with
+the same accepted rate; loadtests/overload_report.py)."""
+
 
 class Batcher:
     """Queues one model's requests and drives its batches through a backend.
@@ -141,12 +150,15 @@ class Batcher:
         submits, e.g. encoding) + the per-row cost of the rows due before it (queued rows
         with an earlier deadline, half of the rows running) and its own rows, spread over
         the backend's instances, + one fixed batch cost + the minimum slack. The estimate
-        is trusted only while the latency model is fresh (see ``LatencyModel.fresh``).
+        is trusted only while the latency model is fresh (see ``LatencyModel.fresh``). A
+        request that would fit alone but not behind the work ahead (past
+        ``ADMIT_FRACTION`` of its time left) is load to shed: 429, not 504.
 
         Raises:
             Unavailable: the batcher is not running.
-            DeadlineExceeded: the deadline passed, or cannot be met behind the work ahead.
-            Overloaded: more than ``max_queue_rows`` rows would be queued.
+            DeadlineExceeded: the deadline passed, or cannot be met even with nothing ahead.
+            Overloaded: more than ``max_queue_rows`` rows would be queued, or the work ahead
+                would take it past ``ADMIT_FRACTION`` of its time left.
         """
         if not self.accepting:
             raise Unavailable(f"model '{self.model}' is not being served")
@@ -158,11 +170,16 @@ class Batcher:
                              retry_after_s=self._retry_after())
         ahead = sum(c.rows for d, _, c in self._heap if d <= deadline and c.alive)
         fixed, per_row = self.latency.coefficients
-        work = per_row * (ahead + self._running_rows / 2 + rows) / self.slots.total
-        if self.latency.fresh(now) and \
-                now + prep_s + fixed + work + self.policy.min_slack_s > deadline:
-            raise DeadlineExceeded(f"the request's budget cannot be met: {ahead} rows are "
-                                   f"due before it")
+        own = prep_s + fixed + self.policy.min_slack_s + per_row * rows / self.slots.total
+        estimate = own + per_row * (ahead + self._running_rows / 2) / self.slots.total
+        if not self.latency.fresh(now):
+            return
+        if own > deadline - now:
+            raise DeadlineExceeded("the request's budget cannot be met even with nothing "
+                                   "queued before it")
+        if estimate > max(ADMIT_FRACTION * (deadline - now), own):
+            raise Overloaded(f"the request's budget cannot be met: {ahead} rows are due "
+                             f"before it; try again later", retry_after_s=self._retry_after())
 
     def _drop_queued(self, job: Job) -> None:
         """A job was answered, failed or cancelled: its still-queued chunks leave the queue.

@@ -305,13 +305,16 @@ async def test_unmeetable_deadline_is_refused_before_queueing(
         ort_backend.gate.clear()
         first = asyncio.ensure_future(batcher.submit(make_inputs(rng, 1, 4), deadline(30)))
         await ort_backend.until_waiting(1)
-        ahead = asyncio.ensure_future(batcher.submit(make_inputs(rng, 1, 40), deadline(5)))
+        ahead = asyncio.ensure_future(batcher.submit(make_inputs(rng, 1, 40), deadline(9)))
         await asyncio.sleep(0.01)
-        # 40 rows due earlier, then 20 own rows, at 0.1 s each: 5.2 s cannot be met.
-        with pytest.raises(DeadlineExceeded, match="40 rows are due before it"):
-            batcher.admit(20, deadline(5.2))
-        with pytest.raises(DeadlineExceeded):
-            await batcher.submit(make_inputs(rng, 1, 20), deadline(5.2))
+        # 40 rows due earlier, then 20 own rows, at 0.1 s each: 6 s of 9.5 s is past the
+        # admission line behind them (load to shed: 429), though 2 s alone would fit.
+        with pytest.raises(Overloaded, match="40 rows are due before it"):
+            batcher.admit(20, deadline(9.5))
+        with pytest.raises(Overloaded):
+            await batcher.submit(make_inputs(rng, 1, 20), deadline(9.5))
+        with pytest.raises(DeadlineExceeded, match="nothing queued"):  # alone: 6 s > 5.2 s
+            batcher.admit(60, deadline(5.2))
         assert batcher.queued_rows == 40  # the refused request was never queued
         batcher.admit(3, deadline(4))  # due before the 40 rows (EDF): it can make it
         ort_backend.gate.set()
