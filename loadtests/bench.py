@@ -41,7 +41,7 @@ from typing import Any, Literal
 from loadtests import bench_report
 from loadtests.bank import Bank
 from loadtests.loadgen import Body, Point, closed_loop, run_point
-from loadtests.server import GatewayProcess, free_port, wait_ready
+from loadtests.server import GatewayError, GatewayProcess, free_port, wait_ready
 from loadtests.traffic import CandidateCounts, HeldOutTraffic
 from serving.client import Encoding
 
@@ -298,8 +298,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for repeat in range(args.repeats):
             for (backend, batching), members in groups(configs).items():
                 log = folder / f"gateway-{backend}-{'on' if batching else 'off'}.log"
-                with GatewayProcess(log, args.model_repository, members[0].settings(triton_url),
-                                    cpus=args.server_cpu) as gateway:
+                gateway = GatewayProcess(log, args.model_repository,
+                                         members[0].settings(triton_url), cpus=args.server_cpu)
+                try:
+                    gateway.start()
+                except GatewayError as e:  # a broken start costs this repeat, not the run
+                    print(f"gateway did not start, repeat {repeat + 1} of "
+                          f"{[c.name for c in members]} skipped: {str(e)[:300]}", flush=True)
+                    continue
+                try:
                     for config in members:
                         print(f"repeat {repeat + 1}/{args.repeats}: {config.name}", flush=True)
                         runs[config.name].append(sweep(
@@ -312,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         profile = profile_gateway(gateway.url, gateway.process.pid,
                                                   banks[(500, "binary")],
                                                   0.8 * (best.ok_rps if best else 20.0), folder)
+                finally:
+                    gateway.stop()
     hop = triton_hop(args, folder)
     result = bench_report.assemble(
         started, args, raw, ceiling,

@@ -77,6 +77,14 @@ class GatewayProcess:
                 "--port", str(self.port), "--model-repository", str(self.model_repository)]
 
     def __enter__(self) -> GatewayProcess:
+        return self.start()
+
+    def start(self) -> GatewayProcess:
+        """Start the process and wait until it is ready.
+
+        Raises:
+            GatewayError: it exited or was not ready in time (with the end of its log).
+        """
         env = {**os.environ, "OMP_NUM_THREADS": "1",
                **{f"RANKSERVE_{k.upper()}": v for k, v in self.settings.items()}}
         with self.log_path.open("ab") as log:
