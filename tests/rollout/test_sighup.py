@@ -1,0 +1,69 @@
+"""SIGHUP reloads the repository of a real ``rankserve serve`` process: a version added on
+disk starts answering, with no restart and no failed request meanwhile."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.gateway.conftest import REPOSITORY
+from tests.rollout.conftest import add_version, make_repository
+
+PROJECT = REPOSITORY.parent
+DEADLINE_S = 60.0
+
+
+def rank(address: str, document: dict[str, Any]) -> tuple[int, int]:
+    """(HTTP status, model version) of one /v1/rank call."""
+    request = urllib.request.Request(f"{address}/v1/rank", data=json.dumps(document).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.status, int(json.loads(response.read())["model"]["version"])
+
+
+def test_sighup_reloads_the_repository(heldout: list[dict[str, Any]], versions_dir: Path,
+                                       tmp_path: Path) -> None:
+    repository = make_repository(tmp_path, [1], versions_dir,
+                                 policy="latest { num_versions: 1 }")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving.cli", "serve", "--port", "0",
+         "--model-repository", str(repository), "--providers", "CPUExecutionProvider"],
+        cwd=PROJECT, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "RANKSERVE_DEFAULT_BUDGET_MS": "10000"})
+    try:
+        assert process.stderr is not None
+        address = None
+        for line in process.stderr:  # JSON log lines; the listening one carries the address
+            entry = json.loads(line)
+            if entry["msg"].startswith("listening on"):
+                address = entry["addresses"][0]
+                break
+        assert address is not None
+        document = heldout[0]
+        assert rank(address, document) == (200, 1)
+
+        add_version(repository, 2, versions_dir / "2")
+        process.send_signal(signal.SIGHUP)
+        answers = []
+        give_up = time.monotonic() + DEADLINE_S
+        while time.monotonic() < give_up:
+            answers.append(rank(address, document))
+            if answers[-1][1] == 2:
+                break
+        assert answers[-1] == (200, 2)  # the new version answers, same process
+        assert {status for status, _ in answers} == {200}
+        assert process.poll() is None
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
