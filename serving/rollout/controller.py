@@ -16,7 +16,6 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from prometheus_client import Counter
 from tritonclient.grpc import model_config_pb2 as mc
 
 from serving.errors import Conflict, ModelCardError, NotFound, RankServeError
@@ -56,10 +55,6 @@ class Rollout:
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self._draining: set[asyncio.Task[None]] = set()
-        self.changes = Counter(
-            "rankserve_model_changes", "Changes of the served versions (start, reload, load, "
-            "unload) by outcome; a failed change leaves the previous versions serving.",
-            ["action", "outcome"], registry=metrics.registry)
 
     @property
     def repository(self) -> Path:
@@ -166,9 +161,9 @@ class Rollout:
                       for name in sorted(wanted) for version in sorted(wanted[name])]
             new = await Generation.open(self.settings, self.metrics, self._factory, models)
         except BaseException:
-            self.changes.labels(action, "failed").inc()
+            self.metrics.model_changes.labels(action, "failed").inc()
             raise
-        self.changes.labels(action, "ok").inc()
+        self.metrics.model_changes.labels(action, "ok").inc()
         old, self.current, self._wanted = self.current, new, wanted
         log.info("serving %s", {n: sorted(v) for n, v in sorted(wanted.items())})
         if old is not None:

@@ -17,7 +17,6 @@ import asyncio
 import logging
 
 import numpy as np
-from prometheus_client import Counter, Gauge, Histogram
 
 from serving.errors import RankServeError
 from serving.gateway.ranker import Ranker, RankRequest
@@ -29,35 +28,8 @@ from serving.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-DIFF_BUCKETS = (1e-6, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0)
-OVERLAP_BUCKETS = tuple(i / 10 for i in range(11))
 OVERLAP_K = 10
 """Top-k overlap uses the request's ``top_k``, else this many."""
-
-
-class ShadowMetrics:
-    """The shadow comparison's Prometheus series, on the gateway's registry."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        r = metrics.registry
-        self.score_diff = Histogram(
-            "rankserve_shadow_score_diff",
-            "Mean absolute difference between the shadow version's and the served version's "
-            "value scores of one request.", ["model", "version"], buckets=DIFF_BUCKETS,
-            registry=r)
-        self.topk_overlap = Histogram(
-            "rankserve_shadow_topk_overlap",
-            "Share of the served top-k that the shadow version also ranks in its top-k.",
-            ["model", "version"], buckets=OVERLAP_BUCKETS, registry=r)
-        self.scored = Counter(
-            "rankserve_shadow_scored", "Requests scored in the shadow and compared.",
-            ["model", "version"], registry=r)
-        self.dropped = Counter(
-            "rankserve_shadow_dropped", "Requests not shadowed, by reason (busy: too many "
-            "shadow scorings running; load: the served queue is not empty; or the error code "
-            "of a failed shadow scoring).", ["model", "reason"], registry=r)
-        self.inflight = Gauge(
-            "rankserve_shadow_inflight", "Shadow scorings running now.", registry=r)
 
 
 class ShadowScorer:
@@ -65,7 +37,7 @@ class ShadowScorer:
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
-        self.metrics = ShadowMetrics(metrics)
+        self.metrics = metrics
         self._tasks: set[asyncio.Task[None]] = set()
 
     def offer(self, generation: Generation, served: Served, ranker: Ranker,
@@ -78,24 +50,24 @@ class ShadowScorer:
             return
         candidate = generation.get(name, version)
         if candidate is None or candidate.ranker is None:
-            self.metrics.dropped.labels(name, "not_loaded").inc()
+            self.metrics.shadow_dropped.labels(name, "not_loaded").inc()
             return
         if len(self._tasks) >= self.settings.shadow_max_inflight:
-            self.metrics.dropped.labels(name, "busy").inc()
+            self.metrics.shadow_dropped.labels(name, "busy").inc()
             return
         if served.batcher.queued_rows > 0:
-            self.metrics.dropped.labels(name, "load").inc()
+            self.metrics.shadow_dropped.labels(name, "load").inc()
             return
         task = asyncio.get_running_loop().create_task(
             self._score(generation, ranker, candidate, candidate.ranker, request, probs),
             name=f"shadow-{name}")
         self._tasks.add(task)
-        self.metrics.inflight.inc()
+        self.metrics.shadow_inflight.inc()
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self.metrics.inflight.dec()
+        self.metrics.shadow_inflight.dec()
 
     async def _score(self, generation: Generation, ranker: Ranker, candidate: Served,
                      candidate_ranker: Ranker, request: RankRequest, probs: np.ndarray) -> None:
@@ -117,16 +89,16 @@ class ShadowScorer:
             if shadow_probs.shape[0] != probs.shape[0]:
                 raise RankServeError(f"shadow returned {shadow_probs.shape[0]} rows")
         except RankServeError as e:
-            self.metrics.dropped.labels(name, e.code).inc()
+            self.metrics.shadow_dropped.labels(name, e.code).inc()
             return
         served_scores = ValueModel.score(probs, weights)
         shadow_scores = ValueModel.score(shadow_probs, shadow_weights)
         k = min(request.top_k or OVERLAP_K, len(served_scores))
         overlap = np.intersect1d(top_k(served_scores, k), top_k(shadow_scores, k)).size / k
-        self.metrics.score_diff.labels(name, version).observe(
+        self.metrics.shadow_score_diff.labels(name, version).observe(
             float(np.abs(shadow_scores - served_scores).mean()))
-        self.metrics.topk_overlap.labels(name, version).observe(overlap)
-        self.metrics.scored.labels(name, version).inc()
+        self.metrics.shadow_topk_overlap.labels(name, version).observe(overlap)
+        self.metrics.shadow_scored.labels(name, version).inc()
 
     async def aclose(self) -> None:
         """Cancel the shadow scorings still running (shutdown: they serve no client)."""

@@ -14,6 +14,9 @@ from prometheus_client.registry import Collector
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025,
                    0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 ROW_BUCKETS = (1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+# Shadow comparison: mean absolute value-score difference, and a top-k overlap share.
+DIFF_BUCKETS = (1e-6, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0)
+SHARE_BUCKETS = tuple(i / 10 for i in range(11))
 
 
 class Metrics:
@@ -48,6 +51,29 @@ class Metrics:
             "rankserve_latency_model_error_seconds",
             "Absolute error of the batcher's predicted batch service time.",
             ["backend"], buckets=LATENCY_BUCKETS, registry=r)
+        # Rollouts (serving/rollout): version changes and shadow scoring.
+        self.model_changes = Counter(
+            "rankserve_model_changes", "Changes of the served versions (start, reload, load, "
+            "unload) by outcome; a failed change leaves the previous versions serving.",
+            ["action", "outcome"], registry=r)
+        self.shadow_score_diff = Histogram(
+            "rankserve_shadow_score_diff",
+            "Mean absolute difference between the shadow version's and the served version's "
+            "value scores of one request.", ["model", "version"], buckets=DIFF_BUCKETS,
+            registry=r)
+        self.shadow_topk_overlap = Histogram(
+            "rankserve_shadow_topk_overlap",
+            "Share of the served top-k that the shadow version also ranks in its top-k.",
+            ["model", "version"], buckets=SHARE_BUCKETS, registry=r)
+        self.shadow_scored = Counter(
+            "rankserve_shadow_scored", "Requests scored in the shadow and compared.",
+            ["model", "version"], registry=r)
+        self.shadow_dropped = Counter(
+            "rankserve_shadow_dropped", "Requests not shadowed, by reason (busy: too many "
+            "shadow scorings running; load: the served queue is not empty; not_loaded; or the "
+            "error code of a failed shadow scoring).", ["model", "reason"], registry=r)
+        self.shadow_inflight = Gauge(
+            "rankserve_shadow_inflight", "Shadow scorings running now.", registry=r)
 
     def register(self, collector: Collector) -> None:
         """Add a custom collector (the GPU collector) to this registry."""
