@@ -170,12 +170,12 @@ class DataPlane:
         encoded = loop.time()
         self._encode_s_per_row += 0.05 * ((encoded - started) / request.n
                                           - self._encode_s_per_row)
-        with generation.using():
+        with generation.using():  # held until the shadow task holds it too
             result = await batcher.submit(tensors, deadline)
-        ranked = ranker.rank(request, result, weights, shown)
-        ranked.timings.update(encode_ms=round((encoded - started) * 1e3, 3),
-                              server_ms=round((loop.time() - started) * 1e3, 3))
-        self.shadow.offer(generation, served, ranker, request, result.outputs[PROBS])
+            ranked = ranker.rank(request, result, weights, shown)
+            ranked.timings.update(encode_ms=round((encoded - started) * 1e3, 3),
+                                  server_ms=round((loop.time() - started) * 1e3, 3))
+            self.shadow.offer(generation, served, ranker, request, result.outputs[PROBS])
         return ranked
 
     async def infer(self, model: ServedModel, inputs: Mapping[str, np.ndarray],

@@ -123,25 +123,35 @@ class Generation:
             raise
         return cls(backend, served, settings.rollout)
 
-    @contextlib.contextmanager
-    def using(self) -> Iterator[None]:
+    def acquire(self) -> None:
         """Held by every request (and shadow scoring) from routing to its answer, so a
-        drain knows when the last one has finished."""
+        drain knows when the last one has finished. Take it in the same step as reading
+        :attr:`Rollout.current <serving.rollout.controller.Rollout.current>`."""
         self._users += 1
         self._idle.clear()
+
+    def release(self) -> None:
+        self._users -= 1
+        if self._users == 0:
+            self._idle.set()
+
+    @contextlib.contextmanager
+    def using(self) -> Iterator[None]:
+        """:meth:`acquire` ... :meth:`release` around a block."""
+        self.acquire()
         try:
             yield
         finally:
-            self._users -= 1
-            if self._users == 0:
-                self._idle.set()
+            self.release()
 
     async def drain_and_close(self, timeout_s: float) -> None:
         """Wait (up to ``timeout_s``) until the requests already using this generation have
         their answers, then stop the batchers and the backend. Called after the switch, so
         no new request comes."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                while self._users:  # a finishing request may hand over to a shadow task
+                    await self._idle.wait()
         if self._users:
             log.warning("closing a model generation with %d request(s) still in flight",
                         self._users)

@@ -58,25 +58,22 @@ class ShadowScorer:
         if served.batcher.queued_rows > 0:
             self.metrics.shadow_dropped.labels(name, "load").inc()
             return
+        generation.acquire()  # now: a reload must not close the candidate under this task
         task = asyncio.get_running_loop().create_task(
-            self._score(generation, ranker, candidate, candidate.ranker, request, probs),
+            self._compare(ranker, candidate, candidate.ranker, request, probs),
             name=f"shadow-{name}")
         self._tasks.add(task)
         self.metrics.shadow_inflight.inc()
-        task.add_done_callback(self._done)
+        task.add_done_callback(lambda done: self._done(done, generation))
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, task: asyncio.Task[None], generation: Generation) -> None:
         self._tasks.discard(task)
         self.metrics.shadow_inflight.dec()
-
-    async def _score(self, generation: Generation, ranker: Ranker, candidate: Served,
-                     candidate_ranker: Ranker, request: RankRequest, probs: np.ndarray) -> None:
-        await asyncio.sleep(0)  # let the response go out before encoding again
-        with generation.using():
-            await self._compare(ranker, candidate, candidate_ranker, request, probs)
+        generation.release()
 
     async def _compare(self, ranker: Ranker, candidate: Served, candidate_ranker: Ranker,
                        request: RankRequest, probs: np.ndarray) -> None:
+        await asyncio.sleep(0)  # let the response go out before encoding again
         name, version = candidate.model.name, str(candidate.model.version)
         loop = asyncio.get_running_loop()
         try:

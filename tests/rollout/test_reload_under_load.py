@@ -1,6 +1,6 @@
 """Reloads under steady load lose nothing: clients keep sending while the served versions
-are unloaded, loaded and reloaded several times; every request is answered 200, by a
-version that was loaded."""
+are unloaded, loaded and reloaded several times; every request is answered 200, and no
+shadow scoring started before a switch finds its version closed."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ async def test_reloads_under_load_lose_zero_requests(
         tmp_path: Path) -> None:
     repository = make_repository(tmp_path, [1, 2], versions_dir)
     gateway = await start_gateway(model_repository=repository, max_wait_ms=2.0,
-                                  rollout={MODEL: {"1": 50, "2": 50}}, **ADMIN)
+                                  rollout={MODEL: {"1": 50, "2": 50}}, shadow={MODEL: 2},
+                                  **ADMIN)
     statuses: list[int] = []
     versions: set[int] = set()
     stop, answered = asyncio.Event(), asyncio.Event()
@@ -59,3 +60,6 @@ async def test_reloads_under_load_lose_zero_requests(
     assert versions == {1, 2}
     assert gateway.metric("rankserve_model_changes_total",
                           {"action": "reload", "outcome": "ok"}) == 3
+    assert gateway.metric("rankserve_shadow_scored_total", {"model": MODEL, "version": "2"}) > 0
+    assert gateway.metric("rankserve_shadow_dropped_total",
+                          {"model": MODEL, "reason": "unavailable"}) == 0
