@@ -5,84 +5,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
-import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from onnx import numpy_helper
 
+from loadtests.rollout_report import MODEL, add_version, build_versions, make_repository
 from serving.backends.base import Backend, BackendOutput
 from serving.backends.factory import build_backend
 from serving.gateway.app import create_app
 from serving.gateway.keys import METRICS
-from serving.repository.card import CARD_FILE, ONNX_FILE, ModelCard, sha256_of
 from serving.settings import Settings
 from serving.train.data import load_requests
-from tests.gateway.conftest import REPOSITORY
 
-MODEL = "feed_ranker"
+__all__ = ["MODEL", "add_version", "build_versions", "make_repository"]
+
 ADMIN_TOKEN = "admin-secret-for-tests"
-PERTURBED = "mmoe.gates.weight"
-"""Version 2 rescales the MMoE gate weights: same inputs and outputs, different scores."""
-
-
-def set_policy(repository: Path, policy: str) -> None:
-    """Rewrite the ranker's ``version_policy`` (Triton syntax, e.g. ``all {}``)."""
-    config = repository / MODEL / "config.pbtxt"
-    text = re.sub(r"version_policy: \{.*\}\n", f"version_policy: {{ {policy} }}\n",
-                  config.read_text())
-    config.write_text(text)
-
-
-def add_version(repository: Path, version: int, source: Path) -> None:
-    """Copy a prepared version folder into ``repository`` (what a deploy does)."""
-    shutil.copytree(source, repository / MODEL / str(version))
-
-
-def make_repository(root: Path, versions: Collection[int], versions_dir: Path,
-                    policy: str = "all {}") -> Path:
-    """A copy of the committed repository holding ``versions`` of the ranker."""
-    repository = root / "model_repository"
-    (repository / MODEL).mkdir(parents=True)
-    shutil.copy(REPOSITORY / MODEL / "config.pbtxt", repository / MODEL)
-    for version in versions:
-        add_version(repository, version, versions_dir / str(version))
-    set_policy(repository, policy)
-    return repository
 
 
 @pytest.fixture(scope="session")
 def versions_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_versions(tmp_path_factory.mktemp("versions"))
-
-
-def build_versions(root: Path) -> Path:
-    """Version 1 (the committed model) and version 2 (its gate weights rescaled) under
-    ``root``, each a complete version folder with its model card (version and sha256
-    updated)."""
-    shutil.copytree(REPOSITORY / MODEL / "1", root / "1")
-    graph = onnx.load(str(REPOSITORY / MODEL / "1" / ONNX_FILE))
-    rng = np.random.default_rng(7)
-    for i, tensor in enumerate(graph.graph.initializer):
-        if tensor.name == PERTURBED:
-            weights = numpy_helper.to_array(tensor)
-            changed = weights * rng.uniform(0.0, 2.0, weights.shape).astype(weights.dtype)
-            graph.graph.initializer[i].CopyFrom(numpy_helper.from_array(changed, tensor.name))
-    (root / "2").mkdir()
-    onnx.save(graph, str(root / "2" / ONNX_FILE))
-    card = ModelCard.load(REPOSITORY / MODEL / "1" / CARD_FILE)
-    replace(card, version=2, onnx_sha256=sha256_of(root / "2" / ONNX_FILE)).save(
-        root / "2" / CARD_FILE)
-    return root
 
 
 @pytest.fixture(scope="session")
