@@ -26,6 +26,7 @@ from serving.errors import (
     Unauthorized,
 )
 from serving.gateway.keys import ARRIVAL, METRICS, REQUEST_ID, SETTINGS
+from serving.gateway.rank_codec import valid_request_id
 from serving.telemetry.logs import request_id_var
 
 log = logging.getLogger("rankserve.access")
@@ -75,7 +76,8 @@ def _utf8(text: str) -> bytes:
 async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
     request[ARRIVAL] = arrival = loop.time()
-    request[REQUEST_ID] = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    given = request.headers.get("X-Request-Id", "")
+    request[REQUEST_ID] = given if valid_request_id(given) else uuid.uuid4().hex
     token = request_id_var.set(request[REQUEST_ID])
     metrics = request.app[METRICS]
     status = STATUS_CLIENT_CLOSED

@@ -10,6 +10,7 @@ field; feature values are validated by the feature encoder.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,13 @@ from serving.ranking.features import columns_from_rows
 FIELDS = frozenset({"request_id", "model", "user", "context", "history", "candidates",
                     "top_k", "budget_ms", "weights", "return_tasks"})
 MAX_REQUEST_ID = 128
+REQUEST_ID_PATTERN = re.compile(rf"[\x20-\x7e]{{1,{MAX_REQUEST_ID}}}")
+"""Printable ASCII: the id is echoed in the ``X-Request-Id`` response header, where a
+control character would make the response unwritable and other text would be mangled."""
+
+
+def valid_request_id(value: object) -> bool:
+    return isinstance(value, str) and REQUEST_ID_PATTERN.fullmatch(value) is not None
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -103,6 +111,8 @@ def parse_budget(value: Any, field: str, max_budget_ms: float) -> float | None:
         return None
     if isinstance(value, str):
         try:
+            if not value.isascii():  # float() reads other scripts' digits: "٣" is 3.0
+                raise ValueError(value)
             value = float(value)
         except ValueError:
             raise BadRequest(f"'{field}' must be a number of milliseconds",
@@ -126,10 +136,9 @@ def to_rank_request(doc: Mapping[str, Any], *, max_candidates: int,
         if name not in FIELDS:
             raise BadRequest(f"unknown field '{name}'", field=name)
     request_id = doc.get("request_id")
-    if request_id is not None and (not isinstance(request_id, str)
-                                   or not 0 < len(request_id) <= MAX_REQUEST_ID):
-        raise BadRequest(f"'request_id' must be a string of 1..{MAX_REQUEST_ID} characters",
-                         field="request_id")
+    if request_id is not None and not valid_request_id(request_id):
+        raise BadRequest(f"'request_id' must be a string of 1..{MAX_REQUEST_ID} printable "
+                         f"ASCII characters", field="request_id")
     model = doc.get("model")
     if model is not None and not isinstance(model, str):
         raise BadRequest("'model' must be a string", field="model")
