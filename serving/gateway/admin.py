@@ -49,7 +49,10 @@ def _authorize(request: web.Request) -> Rollout:
     if scheme.lower() != "bearer" or not presented:
         raise Unauthorized("the admin bearer token is required", field="Authorization")
     expected = request.app[SETTINGS].admin_token or ""
-    if not expected or not hmac.compare_digest(presented.encode(), expected.encode()):
+    # surrogatepass: a header that is not UTF-8 arrives with surrogates; strict encoding
+    # would raise (a 500) instead of refusing the token.
+    if not expected or not hmac.compare_digest(presented.encode("utf-8", "surrogatepass"),
+                                               expected.encode()):
         raise Forbidden("the admin token is not valid", field="Authorization")
     return request.app[DATA_PLANE].rollout
 
