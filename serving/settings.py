@@ -57,7 +57,9 @@ class Settings(BaseSettings):
     max_budget_ms: float = Field(10_000.0, gt=0, description="Largest accepted budget.")
     batch_rows: int = Field(2048, ge=1, description="Row target at which a batch is dispatched.")
     chunk_rows: int = Field(1024, ge=1, description="Requests larger than this are split.")
-    max_wait_ms: float = Field(2.0, ge=0, description="Longest a batch waits for more rows.")
+    max_wait_ms: float = Field(
+        2.0, ge=0, description="Longest a batch waits for more rows; capped at the backend's "
+                               "learned fixed cost per batch.")
     max_queue_rows: int = Field(50_000, ge=1,
                                 description="Queued rows past which requests get 429.")
     batching: bool = Field(True, description="Merge rows of concurrent requests into batches.")

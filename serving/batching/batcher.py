@@ -9,8 +9,8 @@ Policy (DESIGN.md, "The batcher"):
   its row target, (b) waiting any longer would make its earliest deadline unreachable given
   the latency model's pessimistic service time for that many rows (less a slack for the
   work after scoring; a batch also stops growing where one more chunk would make one of
-  its deadlines unreachable), (c) its oldest row has
-  waited ``max_wait``, or (d) it holds a chunk of a request whose other chunks already run
+  its deadlines unreachable), (c) its oldest row has waited ``max_wait`` (capped at the
+  fitted fixed cost per batch), or (d) it holds a chunk of a request whose other chunks run
   (the request cannot finish before this chunk does). While another instance is idle a
   batch takes at most one chunk per request, so large requests run in parallel.
 * Limits are in rows: past ``max_queue_rows`` a request is refused at once (429). Work whose
@@ -246,7 +246,7 @@ class Batcher:
             chunks = [chunk for _, _, chunk in entries]
             rows = sum(c.rows for c in chunks)
             wake_at = min(min(c.job.dispatch_by for c in chunks) - self.latency.bound(rows),
-                          min(c.job.enqueued_at for c in chunks) + self.policy.max_wait_s)
+                          min(c.job.enqueued_at for c in chunks) + self._max_wait())
             if full or now >= wake_at or any(c.job.started for c in chunks):
                 return chunks
             for entry in entries:
@@ -254,6 +254,18 @@ class Batcher:
             self._arrival.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._arrival.wait(), wake_at - now)
+
+    def _max_wait(self) -> float:
+        """How long a batch may wait for more rows: ``max_wait``, but never longer than the
+        backend's fixed cost per batch.
+
+        Waiting only pays when merging saves a batch's fixed cost (a GPU kernel launch, a
+        Triton round trip); on a CPU session whose cost is almost all per row, waiting for
+        company adds latency and saves nothing, so a lone request leaves at once. Batches
+        still form from whatever queued while every instance was busy.
+        """
+        fixed, _ = self.latency.coefficients
+        return min(self.policy.max_wait_s, max(fixed, 0.0))
 
     def _take(self, now: float) -> tuple[list[tuple[float, int, Chunk]], bool]:
         """Pop the head of the queue up to a batch; ``full`` when it may not grow further.

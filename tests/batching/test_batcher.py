@@ -115,9 +115,22 @@ async def test_large_request_chunks_run_in_parallel(make_batcher: Factory,
 async def test_deadline_dispatches_before_max_wait(make_batcher: Factory) -> None:
     # The row target is never reached and max_wait is far away: only the deadline rule
     # can send this batch in time.
+    # A large fixed cost per batch lifts the cap on waiting to 30 s, beyond the budget.
     batcher = await make_batcher(batch_rows=10_000, chunk_rows=10_000, max_wait_s=60.0)
+    batcher.latency = LatencyModel(fixed_s=30.0)
     job = make_inputs(np.random.default_rng(4), 1, 5)
     result = await batcher.submit(job, deadline(1.0))
+    np.testing.assert_array_equal(result.outputs["y"], expected(job))
+
+
+async def test_lone_request_does_not_wait_when_batches_have_no_fixed_cost(
+        make_batcher: Factory) -> None:
+    # Merging saves nothing when a batch costs only per row: the request must leave at
+    # once, not after max_wait (60 s) or near its deadline (120 s).
+    batcher = await make_batcher(batch_rows=10_000, chunk_rows=10_000, max_wait_s=60.0)
+    batcher.latency = LatencyModel(fixed_s=0.0, per_row_s=1e-5)
+    job = make_inputs(np.random.default_rng(5), 1, 5)
+    result = await asyncio.wait_for(batcher.submit(job, deadline(120.0)), 10.0)
     np.testing.assert_array_equal(result.outputs["y"], expected(job))
 
 
