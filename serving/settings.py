@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -30,7 +30,8 @@ class Settings(BaseSettings):
 
     backend: Literal["embedded", "triton"] = Field(
         "embedded", description="Scoring backend: in-process ONNX Runtime or Triton over gRPC.")
-    providers: list[str] = Field(
+    # NoDecode: the environment gives a comma-separated list, split by the validator below.
+    providers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
                                  "CPUExecutionProvider"],
         description="ONNX Runtime providers in order of preference; unavailable ones are "
