@@ -85,8 +85,9 @@ class ShadowScorer:
             shadow_probs = result.outputs[PROBS]
             if shadow_probs.shape[0] != probs.shape[0]:
                 raise RankServeError(f"shadow returned {shadow_probs.shape[0]} rows")
-        except RankServeError as e:
+        except RankServeError as e:  # counted, not raised: no client waits for this
             self.metrics.shadow_dropped.labels(name, e.code).inc()
+            log.debug("shadow scoring by %s version %s failed: %s", name, version, e.message)
             return
         served_scores = ValueModel.score(probs, weights)
         shadow_scores = ValueModel.score(shadow_probs, shadow_weights)
