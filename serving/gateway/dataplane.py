@@ -129,6 +129,11 @@ class DataPlane:
                            f"{generation.versions(name)})", field="version")
         return served.model
 
+    def versions(self, name: str) -> list[int]:
+        """The loaded versions of ``name``, ascending (``/v2`` model metadata)."""
+        generation = self.rollout.current
+        return [] if generation is None else generation.versions(name)
+
     def _route(self, request: RankRequest) -> tuple[Generation, Served, Ranker]:
         """The current generation and the version of the requested model (default:
         ``settings.default_model``) that serves this request's user.

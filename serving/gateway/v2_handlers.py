@@ -49,7 +49,8 @@ async def server_ready(request: web.Request) -> web.Response:
 async def model_metadata(request: web.Request) -> web.Response:
     model = _model(request)
     return web.json_response({
-        "name": model.name, "versions": [str(model.version)], "platform": "onnxruntime_onnx",
+        "name": model.name, "platform": "onnxruntime_onnx",
+        "versions": [str(v) for v in request.app[DATA_PLANE].versions(model.name)],
         "inputs": [t.to_dict() for t in model.inputs],
         "outputs": [t.to_dict() for t in model.outputs]})
 

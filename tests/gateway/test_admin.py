@@ -98,6 +98,8 @@ async def test_load_and_unload_versions_without_restart(
     assert status == 200, body
     assert body["models"][0]["loaded"] == [1, 2]
     assert body["models"][0]["split"] == {"1": 100.0}
+    metadata = await (await gateway.client.get(f"/v2/models/{MODEL}")).json()
+    assert metadata["versions"] == ["1", "2"]
     assert await version_served() == 1
     assert await v2_ready(1) == 200
 
