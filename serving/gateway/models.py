@@ -1,15 +1,15 @@
 """The served models: what a Triton-layout repository holds, as the gateway needs it.
 
 Each model directory with a ``config.pbtxt`` and numbered version folders holding an ONNX
-file is served at its newest version (``/v2``). A model card beside the ONNX file makes the
-model rankable (``/v1/rank``). The tensor signature comes from ``config.pbtxt``, as in
-Triton, and decides how requests batch: the ranker's per-request/per-candidate layout, a
-``max_batch_size > 0`` model's row-wise layout, or no merging at all.
+file is served at the versions its ``version_policy`` selects (:mod:`serving.rollout`).
+A model card beside the ONNX file makes the model rankable (``/v1/rank``). The tensor
+signature comes from ``config.pbtxt``, as in Triton, and decides how requests batch: the
+ranker's per-request/per-candidate layout, a ``max_batch_size > 0`` model's row-wise
+layout, or no merging at all.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +21,6 @@ from serving.errors import ModelCardError
 from serving.ranking.features import ITEM_INPUTS, ITEM_TO_USER, MODEL_INPUTS, USER_INPUTS
 from serving.repository.card import CARD_FILE, ONNX_FILE, ModelCard
 from serving.repository.config import CONFIG_FILE, parse_config
-
-log = logging.getLogger(__name__)
 
 # Triton config dtype -> (KServe wire name, numpy dtype). BYTES/strings are not served.
 DTYPES: dict[int, tuple[str, np.dtype[np.generic]]] = {
@@ -132,24 +130,3 @@ def load_model(model_dir: Path, version: int | None = None) -> ServedModel:
     return ServedModel(name, version, version_dir / filename, config,
                        _tensors(list(config.input), batched, str(model_dir)),
                        _tensors(list(config.output), batched, str(model_dir)), card)
-
-
-def scan_repository(repository: Path) -> dict[str, ServedModel]:
-    """Every servable model in ``repository``; a broken model directory fails loudly.
-
-    Raises:
-        ModelCardError: the repository is missing or a model directory is invalid.
-    """
-    if not repository.is_dir():
-        raise ModelCardError(f"model repository not found: {repository}", field="model_repository")
-    models = {}
-    for model_dir in sorted(p for p in repository.iterdir() if p.is_dir()):
-        if not (model_dir / CONFIG_FILE).is_file():
-            log.warning("skipping %s: no %s", model_dir, CONFIG_FILE)
-            continue
-        model = load_model(model_dir)
-        models[model.name] = model
-    if not models:
-        raise ModelCardError(f"model repository {repository} holds no model",
-                             field="model_repository")
-    return models

@@ -77,9 +77,11 @@ class Rollout:
                                  field="model_repository")
         wanted = {}
         for model_dir in sorted(p for p in self.repository.iterdir() if p.is_dir()):
-            if (model_dir / CONFIG_FILE).is_file():
-                config, on_disk = model_versions(model_dir)
-                wanted[model_dir.name] = set(policy_versions(config, on_disk))
+            if not (model_dir / CONFIG_FILE).is_file():
+                log.warning("skipping %s: no %s", model_dir, CONFIG_FILE)
+                continue
+            config, on_disk = model_versions(model_dir)
+            wanted[model_dir.name] = set(policy_versions(config, on_disk))
         if not wanted:
             raise ModelCardError(f"model repository {self.repository} holds no model",
                                  field="model_repository")
