@@ -391,9 +391,12 @@ class Batcher:
             log.exception("backend failed on a batch", extra={"model": self.model,
                                                               "rows": rows})
             return BackendError("the backend failed on this request's batch")
-        error = self.latency.observe(rows, elapsed, at=loop.time())
         self.metrics.backend_latency.labels(self.backend.name).observe(elapsed)
-        self.metrics.latency_model_error.labels(self.backend.name).observe(abs(error))
+        if not output.degraded:
+            # A fallback's answer timed the failed primary plus another backend: learning
+            # it would leave the model pessimistic, and shedding, after the primary is back.
+            error = self.latency.observe(rows, elapsed, at=loop.time())
+            self.metrics.latency_model_error.labels(self.backend.name).observe(abs(error))
         for chunk, part in zip(chunks, parts, strict=True):
             chunk.job.complete(chunk, part, output.degraded, dispatched, elapsed, rows)
         return None
