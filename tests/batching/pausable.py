@@ -8,33 +8,20 @@ from collections.abc import Mapping
 import numpy as np
 
 from serving.backends.base import Backend, BackendOutput
+from tests.wrapped_backend import WrappedBackend
 
 
-class PausableBackend(Backend):
+class PausableBackend(WrappedBackend):
     """A real backend whose batches can be held at the door: records every call's inputs,
     and waits for ``gate`` before computing, so tests can decide what is running when."""
 
     def __init__(self, inner: Backend) -> None:
-        self.inner = inner
-        self.name = inner.name
+        super().__init__(inner)
         self.gate = asyncio.Event()
         self.gate.set()
         self.calls: list[dict[str, np.ndarray]] = []
         self.waiting = 0
         self._arrived = asyncio.Condition()
-
-    @property
-    def instances(self) -> int:
-        return self.inner.instances
-
-    async def start(self) -> None:
-        await self.inner.start()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    def healthy(self) -> bool:
-        return self.inner.healthy()
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray],
                     timeout_s: float) -> BackendOutput:

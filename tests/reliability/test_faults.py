@@ -22,36 +22,23 @@ from serving.gateway.app import create_app
 from serving.ranking.features import ITEM_ID, USER_NUM
 from serving.settings import Settings
 from tests.gateway.conftest import REPOSITORY, Reference
+from tests.wrapped_backend import WrappedBackend
 
 Fault = Literal["corrupt", "raise", "once"]
 JSON = {"Content-Type": "application/json"}
 
 
-class FaultyBackend(Backend):
+class FaultyBackend(WrappedBackend):
     """The real backend, except for batches holding the marked user row (``user_num``):
     ``corrupt`` sends them to ONNX Runtime with ids past the embedding table, ``raise``
     raises a plain exception, ``once`` raises only the first time."""
 
     def __init__(self, inner: Backend, marked: np.ndarray, fault: Fault) -> None:
-        self.inner = inner
-        self.name = inner.name
+        super().__init__(inner)
         self.marked = marked
         self.fault = fault
         self.batches: list[int] = []  # users per batch
         self.faults = 0
-
-    @property
-    def instances(self) -> int:
-        return self.inner.instances
-
-    async def start(self) -> None:
-        await self.inner.start()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    def healthy(self) -> bool:
-        return self.inner.healthy()
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray],
                     timeout_s: float) -> BackendOutput:

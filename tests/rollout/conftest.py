@@ -23,6 +23,7 @@ from serving.gateway.app import create_app
 from serving.gateway.keys import METRICS
 from serving.settings import Settings
 from serving.train.data import load_requests
+from tests.wrapped_backend import WrappedBackend
 
 __all__ = ["MODEL", "add_version", "build_versions", "make_repository"]
 
@@ -40,30 +41,16 @@ def heldout() -> list[dict[str, Any]]:
     return load_requests(limit=200)
 
 
-class GatedBackend(Backend):
+class GatedBackend(WrappedBackend):
     """A real backend whose batches for some model keys wait at a gate (a test instrument:
     it makes one version slow on demand, the way an overloaded candidate model is)."""
 
     def __init__(self, inner: Backend, gated: Collection[str]) -> None:
-        self.inner = inner
-        self.name = inner.name
+        super().__init__(inner)
         self.gated = set(gated)
         self.gate = asyncio.Event()
         self.gate.set()
         self.held = 0
-
-    @property
-    def instances(self) -> int:
-        return self.inner.instances
-
-    async def start(self) -> None:
-        await self.inner.start()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    def healthy(self) -> bool:
-        return self.inner.healthy()
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray],
                     timeout_s: float) -> BackendOutput:
