@@ -13,6 +13,7 @@ from pathlib import Path
 
 from serving.settings import Settings
 from tests.gateway.conftest import REPOSITORY
+from tests.serve_process import serve_process
 
 PROJECT = REPOSITORY.parent
 
@@ -32,20 +33,8 @@ def test_help_lists_every_setting_with_its_default() -> None:
 def test_serve_starts_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
     config = tmp_path / "gateway.yaml"
     config.write_text("max_wait_ms: 1.0\nbatch_rows: 512\n")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving.cli", "serve", "--port", "0", "--config", str(config),
-         "--model-repository", str(REPOSITORY)],
-        cwd=PROJECT, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "RANKSERVE_DEFAULT_BUDGET_MS": "5000"})
-    try:
-        assert process.stderr is not None
-        address = None
-        for line in process.stderr:  # JSON log lines; the listening one carries the address
-            entry = json.loads(line)
-            if entry["msg"].startswith("listening on"):
-                address = entry["addresses"][0]
-                break
-        assert address is not None
+    with serve_process("--config", str(config), "--model-repository", str(REPOSITORY),
+                       env={"RANKSERVE_DEFAULT_BUDGET_MS": "5000"}) as (process, address):
         with urllib.request.urlopen(f"{address}/readyz", timeout=10) as response:
             assert response.status == 200
         body = json.dumps({"user": {"user_id": 1},
@@ -56,10 +45,6 @@ def test_serve_starts_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
             assert sorted(json.loads(response.read())["video_id"]) == [1, 2]
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def test_serving_path_never_imports_torch_or_pandas() -> None:

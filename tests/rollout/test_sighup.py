@@ -4,19 +4,15 @@ disk starts answering, with no restart and no failed request meanwhile."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.gateway.conftest import REPOSITORY
 from tests.rollout.conftest import add_version, make_repository
+from tests.serve_process import serve_process
 
-PROJECT = REPOSITORY.parent
 DEADLINE_S = 60.0
 
 
@@ -32,20 +28,9 @@ def test_sighup_reloads_the_repository(heldout: list[dict[str, Any]], versions_d
                                        tmp_path: Path) -> None:
     repository = make_repository(tmp_path, [1], versions_dir,
                                  policy="latest { num_versions: 1 }")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving.cli", "serve", "--port", "0",
-         "--model-repository", str(repository), "--providers", "CPUExecutionProvider"],
-        cwd=PROJECT, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "RANKSERVE_DEFAULT_BUDGET_MS": "10000"})
-    try:
-        assert process.stderr is not None
-        address = None
-        for line in process.stderr:  # JSON log lines; the listening one carries the address
-            entry = json.loads(line)
-            if entry["msg"].startswith("listening on"):
-                address = entry["addresses"][0]
-                break
-        assert address is not None
+    with serve_process("--model-repository", str(repository),
+                       "--providers", "CPUExecutionProvider",
+                       env={"RANKSERVE_DEFAULT_BUDGET_MS": "10000"}) as (process, address):
         document = heldout[0]
         assert rank(address, document) == (200, 1)
 
@@ -63,7 +48,3 @@ def test_sighup_reloads_the_repository(heldout: list[dict[str, Any]], versions_d
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
