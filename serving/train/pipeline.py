@@ -88,8 +88,9 @@ def load_checkpoint(run_dir: Path) -> tuple[FeedRanker, FeatureEncoder, dict[str
         raise FileNotFoundError(f"no checkpoint at {path}; run `rankserve train` first")
     saved: dict[str, Any] = torch.load(path, weights_only=True)
     encoder = FeatureEncoder.from_card(saved["encoder"])
-    model = FeedRanker(encoder.cardinalities(), saved["tasks"],
-                       ModelConfig(**saved["model_config"]))
+    # a checkpoint from before ``cross_rank`` existed has full-rank cross layers
+    model_cfg = ModelConfig(**{"cross_rank": None, **saved["model_config"]})
+    model = FeedRanker(encoder.cardinalities(), saved["tasks"], model_cfg)
     model.load_state_dict(saved["state_dict"])
     model.eval()
     return model, encoder, saved

@@ -14,7 +14,7 @@ from serving.ranking.features import (
     USER_CATEGORICAL,
 )
 from serving.train.data import TASKS
-from serving.train.model import FeedRanker, ModelConfig
+from serving.train.model import CrossNetwork, FeedRanker, ModelConfig
 
 SIZES = {"user_id": 50, "video_id": 80, **{s.name: 5 for s in USER_CATEGORICAL},
          **{s.name: 7 for s in ITEM_CATEGORICAL}}
@@ -104,3 +104,18 @@ def test_wide_part_memorises_ids(model: FeedRanker) -> None:
     assert after[0, 0] > before[0, 0]
     torch.testing.assert_close(after[others], before[others])
     torch.testing.assert_close(after[:, 1:], before[:, 1:])
+
+
+def test_low_rank_cross_layers_cost_rank_not_width() -> None:
+    """The default cross layers factor ``W = U V^T``: their weights grow with ``dim * rank``,
+    and each layer's map ``x -> W x`` has rank at most ``rank`` (what makes a row cheap)."""
+    dim, rank = 40, 4
+    cross = CrossNetwork(dim, layers=2, rank=rank)
+    assert sum(p.numel() for p in cross.parameters()) == 2 * (2 * dim * rank + dim)
+    with torch.no_grad():
+        for layer in cross.layers:  # affine: the rows of layer(I) - layer(0) are W^T
+            weight = layer(torch.eye(dim)) - layer(torch.zeros(1, dim))
+            assert torch.linalg.matrix_rank(weight) == rank
+    full = CrossNetwork(dim, layers=2)
+    assert sum(p.numel() for p in full.parameters()) == 2 * (dim * dim + dim)
+    assert ModelConfig().cross_rank is not None
