@@ -283,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="overload duration")
     parser.add_argument("--factor", type=float, default=3.0, help="offered / capacity")
     parser.add_argument("--budget-ms", type=float, default=50.0)
-    parser.add_argument("--candidates", type=int, default=200,
+    parser.add_argument("--candidates", type=int, default=1000,
                         help="candidates per request (fixed)")
     parser.add_argument("--encoding", choices=["json", "columnar", "binary"], default="binary")
     parser.add_argument("--step-s", type=float, default=2.0, help="seconds per ramp step")
