@@ -12,7 +12,7 @@ pays for its user once.
   item vectors; a multi-gate mixture of experts (MMoE) with one gate and one tower per task.
   Those run once per candidate row, the serving path's main cost on CPU, hence the low rank
   and the narrow experts (``ModelConfig``: 4x cheaper per row than full-rank cross layers
-  with 256-128 experts, and as good on the held-out days; see docs/training.md).
+  with 4 experts 256-128, and as good on the held-out days; see docs/training.md).
 * Wide part: a per-task logistic regression over every categorical id (user, video,
   author, ...), i.e. one ``T``-wide weight row per id, summed into the deep logits. Ids are
   what a linear model memorises best and what the deep part alone smooths away.
@@ -49,7 +49,7 @@ class ModelConfig:
     item_cat_dim: int = 16
     cross_layers: int = 2
     cross_rank: int | None = 32
-    experts: int = 4
+    experts: int = 3
     expert_hidden: list[int] = field(default_factory=lambda: [64, 32])
     tower_hidden: int = 16
     wide: bool = True
