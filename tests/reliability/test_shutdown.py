@@ -31,6 +31,7 @@ RATE = 15.0  # requests per second, well under capacity: every accepted one shou
 SIGNAL_AFTER_S = 1.5
 DELAY_S = 1.0  # shutdown_delay_s: /readyz is 503 but requests are still served
 LOAD_AFTER_SIGNAL_S = 15.0
+CANDIDATES = 4000  # row-wise JSON: tens of ms to decode, encode and score, even on a fast CPU
 
 
 def start_gateway(log: Path, port: int) -> subprocess.Popen[bytes]:
@@ -88,11 +89,12 @@ async def test_sigterm_under_load_loses_no_accepted_request(
     process = start_gateway(log, port)
     try:
         await asyncio.to_thread(wait_ready, url, 60.0, process)
-        # The X-Request-Id header names each request (a body's request_id would win); 500
-        # candidates each, so a request is still being scored 10 ms after it was sent.
+        # The X-Request-Id header names each request (a body's request_id would win);
+        # CANDIDATES each, so a request is still being decoded or scored 10 ms after it
+        # was sent.
         bodies = [orjson.dumps({**{k: v for k, v in d.items() if k != "request_id"},
                                 "candidates": [d["candidates"][j % len(d["candidates"])]
-                                               for j in range(500)]})
+                                               for j in range(CANDIDATES)]})
                   for d in heldout[:20]]
         outcomes: dict[str, tuple[float, float, int | str]] = {}
         readiness: list[tuple[float, int | str]] = []
