@@ -115,7 +115,8 @@ def _decode_input(entry: Any, i: int, specs: Mapping[str, TensorInfo], binary: b
         _check_finite(data, name)
         return name, data.reshape(shape), offset + size
     try:
-        data = np.asarray(entry.get("data"), dtype=spec.dtype)
+        with np.errstate(over="ignore"):  # a float too large becomes inf: refused just below
+            data = np.asarray(entry.get("data"), dtype=spec.dtype)
     except (TypeError, ValueError, OverflowError):
         raise BadRequest(f"'{name}' data must hold {spec.datatype} values", field=where) \
             from None
