@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 from tritonclient.utils import shared_memory as shm
+
+from serving.backends.triton_requests import RequestObjects
 
 log = logging.getLogger(__name__)
 
@@ -95,19 +96,7 @@ class Slot:
     inputs: Region
     outputs: Region
     registered: bool = False
-    _infer_inputs: dict[tuple[str, str, str], InferInput] = field(default_factory=dict)
-    _requested: dict[tuple[str, str], InferRequestedOutput] = field(default_factory=dict)
-
-    def infer_input(self, model: str, name: str, datatype: str) -> InferInput:
-        key = (model, name, datatype)
-        if key not in self._infer_inputs:
-            self._infer_inputs[key] = InferInput(name, [0], datatype)
-        return self._infer_inputs[key]
-
-    def requested_output(self, model: str, name: str) -> InferRequestedOutput:
-        if (model, name) not in self._requested:
-            self._requested[(model, name)] = InferRequestedOutput(name)
-        return self._requested[(model, name)]
+    objects: RequestObjects = field(default_factory=RequestObjects)
 
 
 class SharedMemoryPool:

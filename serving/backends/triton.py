@@ -33,8 +33,6 @@ from typing import Any
 import numpy as np
 from tritonclient.grpc import (
     MAX_GRPC_MESSAGE_SIZE,
-    InferInput,
-    InferRequestedOutput,
     KeepAliveOptions,
 )
 from tritonclient.grpc.aio import InferenceServerClient
@@ -44,6 +42,7 @@ from serving.backends.base import Backend, BackendOutput
 from serving.backends.circuit_breaker import BreakerState, CircuitBreaker
 from serving.backends.failover import FailoverBackend
 from serving.backends.shared_memory import Outcome, SharedMemoryPool, Slot, aligned
+from serving.backends.triton_requests import RequestObjects
 from serving.backends.triton_signature import Signature, find_cards, rows_of
 from serving.errors import (
     BackendError,
@@ -119,8 +118,7 @@ class TritonBackend(Backend):
         self._poller: asyncio.Task[None] | None = None
         self.pool: SharedMemoryPool | None = None
         self._signatures: dict[str, Signature] = {}
-        self._inputs: dict[tuple[str, str, str], InferInput] = {}
-        self._outputs: dict[tuple[str, str], InferRequestedOutput] = {}
+        self._objects = RequestObjects()
         self._ready = False
         self.problem: str | None = None
         """Why Triton cannot be used although it answers (e.g. a signature mismatch)."""
@@ -339,11 +337,11 @@ class TritonBackend(Backend):
         assert self._client is not None
         request_inputs = []
         for name, array in arrays.items():
-            infer_input = self._reused_input(model, name, signature.inputs[name].datatype)
+            infer_input = self._objects.input(model, name, signature.inputs[name].datatype)
             infer_input.set_shape(list(array.shape))
             infer_input.set_data_from_numpy(array)
             request_inputs.append(infer_input)
-        outputs = [self._reused_output(model, name) for name in signature.outputs]
+        outputs = [self._objects.output(model, name) for name in signature.outputs]
         result = await self._client.infer(model, request_inputs, outputs=outputs,
                                           client_timeout=self._remaining(deadline))
         return {name: result.as_numpy(name) for name in signature.outputs}
@@ -355,7 +353,7 @@ class TritonBackend(Backend):
         request_inputs, offset = [], 0
         for name, array in arrays.items():
             slot.inputs.write(array, offset)
-            infer_input = slot.infer_input(model, name, signature.inputs[name].datatype)
+            infer_input = slot.objects.input(model, name, signature.inputs[name].datatype)
             infer_input.set_shape(list(array.shape))
             infer_input.set_shared_memory(slot.inputs.name, array.nbytes, offset)
             request_inputs.append(infer_input)
@@ -364,7 +362,7 @@ class TritonBackend(Backend):
         assert layout is not None  # checked when the slot was acquired
         outputs = []
         for name, (offset, nbytes) in layout.items():
-            requested = slot.requested_output(model, name)
+            requested = slot.objects.output(model, name)
             requested.set_shared_memory(slot.outputs.name, nbytes, offset)
             outputs.append(requested)
         result = await self._client.infer(model, request_inputs, outputs=outputs,
@@ -380,13 +378,3 @@ class TritonBackend(Backend):
     def _remaining(deadline: float) -> float:
         return max(deadline - asyncio.get_running_loop().time(), 0.001)
 
-    def _reused_input(self, model: str, name: str, datatype: str) -> InferInput:
-        key = (model, name, datatype)
-        if key not in self._inputs:
-            self._inputs[key] = InferInput(name, [0], datatype)
-        return self._inputs[key]
-
-    def _reused_output(self, model: str, name: str) -> InferRequestedOutput:
-        if (model, name) not in self._outputs:
-            self._outputs[(model, name)] = InferRequestedOutput(name)
-        return self._outputs[(model, name)]
