@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from serving.ranking.features import ITEM_CATEGORICAL, ITEM_NUMERIC
 from serving.train.data import (
     ITEM_COLUMNS,
     TEST_DAYS,
     group_requests,
+    json_value,
     load_log,
     raw_columns,
     request_bodies,
@@ -103,7 +103,7 @@ class HeldOutTraffic:
                                     replace=False))
         items = grouped.items.drop_duplicates("video_id", keep="first")
         columns = raw_columns(items, ITEM_COLUMNS)
-        pool = {name: [_json_value(name, v) for v in values] for name, values in columns.items()}
+        pool = {name: [json_value(name, v) for v in values] for name, values in columns.items()}
         return cls(request_bodies(grouped, chosen.tolist()), pool)
 
     def request(self, rng: np.random.Generator, n_candidates: int, index: int) -> Body:
@@ -140,17 +140,3 @@ class HeldOutTraffic:
         return [self.request(rng, int(k), start + i) for i, k in enumerate(sizes)]
 
 
-_FLOAT_COLUMNS = {s.name for s in ITEM_NUMERIC}
-_STR_COLUMNS = {s.name for s in ITEM_CATEGORICAL if s.kind == "str"}
-
-
-def _json_value(name: str, value: Any) -> Any:
-    """A raw value as a feed backend sends it: ``None`` when missing (NaN), else a float,
-    string or int by the feature's kind (an int column with gaps arrives as floats)."""
-    if value is None or value != value:
-        return None
-    if name in _FLOAT_COLUMNS:
-        return float(value)
-    if name in _STR_COLUMNS:
-        return str(value)
-    return int(value)

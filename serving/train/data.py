@@ -211,7 +211,7 @@ def raw_columns(frame: pd.DataFrame, names: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _json_value(name: str, value: Any) -> Any:
+def json_value(name: str, value: Any) -> Any:
     """A raw value as the feed backend would send it in JSON; ``None`` if missing."""
     if value is None or value != value:
         return None
@@ -223,7 +223,7 @@ def _json_value(name: str, value: Any) -> Any:
 
 
 def _json_row(row: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
-    pairs = ((n, _json_value(n, row[n])) for n in names)
+    pairs = ((n, json_value(n, row[n])) for n in names)
     return {n: v for n, v in pairs if v is not None}
 
 

@@ -9,14 +9,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from loadtests.server import wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "chart-test-token"
@@ -26,21 +25,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"gateway exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"gateway at {url} not ready after {timeout_s} s")
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +52,7 @@ def gateway(rendered: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                             stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_ready(url, proc)
+        wait_ready(url, 60.0, proc)
         yield url
     finally:
         proc.terminate()
