@@ -130,6 +130,9 @@ async def _load(session: aiohttp.ClientSession, url: str, maker: RequestMaker,
         await asyncio.sleep(0.01)
 
 
+# Killing a real server mid-load is timing-sensitive on a 2-core machine: the assertions
+# stay as strict, a failed run is retried at most twice.
+@pytest.mark.flaky(reruns=2)
 async def test_triton_killed_mid_load_answers_in_budget_and_recovers(
         chaos_triton: LocalTriton, card: ModelCard) -> None:
     loop = asyncio.get_running_loop()
