@@ -51,6 +51,7 @@ serve: $(SERVE_ENV)
 lint: $(DEV_ENV)
 	$(BIN)/ruff check serving tests loadtests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint $(DEV_ENV) $(HELM) $(TRITON_ENV)
 	$(BIN)/python -m pytest -q
@@ -65,7 +66,7 @@ check-repo: $(SERVE_ENV)
 	$(BIN)/rankserve check-repo $(MODEL_REPOSITORY)
 
 loadtest: $(DEV_ENV)
-	$(BIN)/python -m loadtests.run $(if $(TARGET),--target $(TARGET)) $(LOADTEST_ARGS)
+	$(BIN)/python -m loadtests.locust.run $(if $(TARGET),--target $(TARGET)) $(LOADTEST_ARGS)
 
 bench: $(DEV_ENV)
 	$(BIN)/python -m loadtests.bench $(BENCH_ARGS)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +32,14 @@ META_FILE, BODIES_FILE = "meta.json", "bodies.bin"
 
 @dataclass(frozen=True)
 class Shot:
-    """One encoded request: its body, candidate count and the sorted ids it carries."""
+    """One encoded request: its body, candidate count, the sorted ids it carries and the
+    ``top_k`` it asks for. What every load generator sends (:mod:`loadtests.loadgen`,
+    the Locust user); ``ids`` may be left empty where no answer is checked (the sink)."""
 
     body: bytes
     rows: int
-    ids: np.ndarray
-    top_k: int | None
+    ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    top_k: int | None = None
 
     @property
     def expected(self) -> int:

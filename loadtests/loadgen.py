@@ -1,47 +1,64 @@
-"""Open-loop load generator for the benchmark: asyncio + aiohttp, pre-encoded bodies.
+"""The load generator every hand-written load test uses: asyncio + aiohttp, loopback only.
 
-Open loop means requests start on a fixed schedule (``rate`` per second), whether or not
-earlier ones have answered, as a fleet of feed backends would send them; a closed loop
-(each client waits for its answer) slows down with the server and hides queueing. Latency
-is measured from the *scheduled* start, so a generator that falls behind shows up as
-latency instead of silently lowering the load, and its lag is reported on its own.
+Open loop (:func:`offer`, summarised by :func:`open_loop` / :func:`run_point`): requests
+start on a fixed schedule (``rate`` per second), whether or not earlier ones have answered,
+as a fleet of feed backends would send them. Each :class:`Outcome` keeps when it was due,
+how late the generator sent it (its lag, reported on its own) and how long the answer
+took from the moment it was sent. A :class:`Point`'s latency counts from the *scheduled*
+start (lag + response), so a generator that falls behind shows up as latency instead of
+silently lowering the load; the benchmark and the GPU check use it. The overload report,
+which judges the gateway, uses the time from sending.
 
-Bodies are encoded before the run (:class:`loadtests.bank.Bank`); during the run the
-generator only sends bytes and reads the status and body of each answer. Its own ceiling
-is measured against :func:`sink_app`, a trivial aiohttp server that answers every POST
-with a fixed ranking-sized body (``python -m loadtests.loadgen --sink PORT``).
+Closed loop (:func:`closed_loop`): a fixed number of callers, each sending its next call as
+soon as the last returned, for a time or until told to stop. It drives HTTP
+(:func:`post_shots`: the generator's ceiling against :func:`sink_app`, the rollout report)
+or any other awaitable (the Triton hop's backend calls). A closed loop slows down with
+the server and hides queueing: it measures a ceiling or keeps steady load, never capacity.
+
+Requests are pre-encoded :class:`~loadtests.bank.Shot` s; during a run the generator only
+sends bytes and reads each answer. It targets 127.0.0.1 only (:func:`check_loopback`): the
+gateways it drives are started by the load tests themselves, and an overload run must
+never reach a shared host. Its own ceiling is measured against :func:`sink_app`, a trivial
+aiohttp server that answers every POST with a ranking-sized body
+(``python -m loadtests.loadgen --sink PORT``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
+import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 import numpy as np
 from aiohttp import web
 
+if TYPE_CHECKING:
+    from loadtests.bank import Shot
 
-@dataclass(frozen=True)
-class Body:
-    data: bytes
-    rows: int
+T = TypeVar("T")
+START_DELAY_S = 0.05
+"""The schedule starts this long after the call, so the first request is not already late."""
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """One request: scheduled start (loop time), status (0: no answer), latency from the
-    scheduled start, candidate rows, and how late the generator sent it."""
+    """One request: when it was due (loop time; in a closed loop, when it was sent), how
+    late it was sent, how long its answer took from then (ms), its status (0: no answer),
+    its candidate rows and whether the answer carried ``Retry-After``."""
 
     scheduled: float
-    status: int
-    latency_ms: float
-    rows: int
     lag_ms: float
+    response_ms: float
+    status: int
+    rows: int
+    retry_after: bool
 
 
 @dataclass(frozen=True)
@@ -68,93 +85,173 @@ class Point:
             and self.error_rate <= max_error_rate
 
 
-async def _send(session: aiohttp.ClientSession, url: str, body: Body,
-                headers: dict[str, str], scheduled: float) -> Outcome:
-    loop = asyncio.get_running_loop()
-    lag_ms = (loop.time() - scheduled) * 1000
-    try:
-        async with session.post(url, data=body.data, headers=headers) as response:
-            await response.read()
-            status = response.status
-    except (aiohttp.ClientError, TimeoutError):
-        status = 0
-    return Outcome(scheduled, status, (loop.time() - scheduled) * 1000, body.rows, lag_ms)
+def check_loopback(url: str) -> None:
+    """Refuse a target that is not on this machine's loopback interface.
 
-
-async def open_loop(url: str, bodies: Sequence[Body], content_type: str, rate: float,
-                    seconds: float, warmup_s: float = 0.5, budget_ms: float | None = None,
-                    timeout_s: float = 10.0, max_in_flight: int = 256) -> Point:
-    """Send ``bodies`` in turn at ``rate`` per second for ``warmup_s + seconds``.
-
-    At most ``max_in_flight`` connections are open; past that, requests wait in the client
-    (and their wait counts as latency, since it is measured from the schedule).
+    Raises:
+        ValueError: the URL's host is not ``localhost`` or a loopback address.
     """
+    host = urlsplit(url).hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"the load generator targets loopback only, got {url!r}")
+
+
+def client_session(max_in_flight: int = 256, timeout_s: float = 10.0) -> aiohttp.ClientSession:
+    """A session with at most ``max_in_flight`` open connections (0: no limit); past that,
+    requests wait in the client, and the wait counts as their response time."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max_in_flight),
+                                 timeout=aiohttp.ClientTimeout(total=timeout_s))
+
+
+def headers_for(content_type: str, budget_ms: float | None = None) -> dict[str, str]:
+    """Request headers: the body's type, and ``X-Request-Budget-Ms`` when a budget is set."""
     headers = {"Content-Type": content_type}
     if budget_ms is not None:
         headers["X-Request-Budget-Ms"] = f"{budget_ms:g}"
-    connector = aiohttp.TCPConnector(limit=max_in_flight)
+    return headers
+
+
+async def send(session: aiohttp.ClientSession, url: str, shot: Shot, headers: dict[str, str],
+               scheduled: float | None = None) -> Outcome:
+    """POST one shot and read the whole answer; a failed connection or timeout is status 0.
+    ``scheduled``: when it was due (loop time), by default now."""
     loop = asyncio.get_running_loop()
-    async with aiohttp.ClientSession(connector=connector,
-                                     timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+    sent = loop.time()
+    scheduled = sent if scheduled is None else scheduled
+    try:
+        async with session.post(url, data=shot.body, headers=headers) as response:
+            await response.read()
+            status, retry_after = response.status, "Retry-After" in response.headers
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        status, retry_after = 0, False
+    return Outcome(scheduled, (sent - scheduled) * 1e3, (loop.time() - sent) * 1e3, status,
+                   shot.rows, retry_after)
+
+
+async def offer(url: str, shots: Sequence[Shot], content_type: str, rate: float,
+                seconds: float, *, warmup_s: float = 0.0, budget_ms: float | None = None,
+                timeout_s: float = 10.0, max_in_flight: int = 256) -> list[Outcome]:
+    """The open loop: ``shots`` in turn, ``rate`` per second for ``warmup_s + seconds``
+    (``int((warmup_s + seconds) * rate)`` requests); the outcomes of the requests due after
+    the warm-up. ``max_in_flight`` bounds open connections (0: no limit).
+
+    Raises:
+        ValueError: ``url`` is not a loopback address.
+    """
+    check_loopback(url)
+    headers = headers_for(content_type, budget_ms)
+    loop = asyncio.get_running_loop()
+    async with client_session(max_in_flight, timeout_s) as session:
         tasks = []
-        start = loop.time() + 0.05
-        total = int((warmup_s + seconds) * rate)
-        for i in range(total):
+        start = loop.time() + START_DELAY_S
+        for i in range(int((warmup_s + seconds) * rate)):
             scheduled = start + i / rate
-            delay = scheduled - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(
-                _send(session, url, bodies[i % len(bodies)], headers, scheduled)))
-        results = await asyncio.gather(*tasks)
-    measured = [r for r in results if r.scheduled >= start + warmup_s]
-    return summarise(measured, rate, seconds)
+            await asyncio.sleep(max(0.0, scheduled - loop.time()))
+            tasks.append(loop.create_task(
+                send(session, url, shots[i % len(shots)], headers, scheduled)))
+        outcomes = await asyncio.gather(*tasks)
+    return [o for o in outcomes if o.scheduled >= start + warmup_s]
 
 
-def summarise(results: Sequence[Outcome], rate: float, seconds: float) -> Point:
+def summarise(outcomes: Sequence[Outcome], rate: float, seconds: float) -> Point:
     """A :class:`Point` from the outcomes of one measured window."""
-    ok = [r for r in results if r.status == 200]
-    latency = np.asarray([r.latency_ms for r in ok])
-    lags = np.asarray([r.lag_ms for r in results])
+    ok = [o for o in outcomes if o.status == 200]
+    latency = np.asarray([o.lag_ms + o.response_ms for o in ok])  # from the scheduled start
+    lags = np.asarray([o.lag_ms for o in outcomes])
     return Point(
-        offered_rps=rate, seconds=seconds, sent=len(results), ok=len(ok),
-        statuses=dict(sorted(Counter(str(r.status) for r in results).items())),
-        ok_rps=len(ok) / seconds, rows_per_s=sum(r.rows for r in ok) / seconds,
+        offered_rps=rate, seconds=seconds, sent=len(outcomes), ok=len(ok),
+        statuses=dict(sorted(Counter(str(o.status) for o in outcomes).items())),
+        ok_rps=len(ok) / seconds, rows_per_s=sum(o.rows for o in ok) / seconds,
         p50_ms=float(np.percentile(latency, 50)) if ok else None,
         p99_ms=float(np.percentile(latency, 99)) if ok else None,
-        lag_p99_ms=float(np.percentile(lags, 99)) if results else 0.0)
+        lag_p99_ms=float(np.percentile(lags, 99)) if outcomes else 0.0)
 
 
-async def closed_loop(url: str, bodies: Sequence[Body], content_type: str, concurrency: int,
-                      seconds: float) -> float:
-    """Completed 200s per second with ``concurrency`` requests always in flight: the
-    generator's ceiling when the server answers instantly."""
-    headers = {"Content-Type": content_type}
-    loop = asyncio.get_running_loop()
-    done = 0
+async def open_loop(url: str, shots: Sequence[Shot], content_type: str, rate: float,
+                    seconds: float, warmup_s: float = 0.5, budget_ms: float | None = None,
+                    timeout_s: float = 10.0, max_in_flight: int = 256) -> Point:
+    """:func:`offer` after a warm-up of ``warmup_s``, summarised as a :class:`Point`.
 
-    async def worker(offset: int, session: aiohttp.ClientSession, end: float) -> None:
-        nonlocal done
-        i = offset
-        while loop.time() < end:
-            async with session.post(url, data=bodies[i % len(bodies)].data,
-                                    headers=headers) as response:
-                await response.read()
-                done += response.status == 200
-            i += concurrency
-
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        start = loop.time()
-        await asyncio.gather(*(worker(k, session, start + seconds) for k in range(concurrency)))
-        return done / (loop.time() - start)
+    Raises:
+        ValueError: ``url`` is not a loopback address.
+    """
+    outcomes = await offer(url, shots, content_type, rate, seconds, warmup_s=warmup_s,
+                           budget_ms=budget_ms, timeout_s=timeout_s,
+                           max_in_flight=max_in_flight)
+    return summarise(outcomes, rate, seconds)
 
 
-def run_point(url: str, bodies: Sequence[Body], content_type: str, rate: float,
+def run_point(url: str, shots: Sequence[Shot], content_type: str, rate: float,
               seconds: float, budget_ms: float | None = None) -> Point:
     """:func:`open_loop` in a fresh event loop (one per measured point)."""
-    return asyncio.run(open_loop(url, bodies, content_type, rate, seconds,
+    return asyncio.run(open_loop(url, shots, content_type, rate, seconds,
                                  budget_ms=budget_ms))
+
+
+async def closed_loop(call: Callable[[int], Awaitable[T]], concurrency: int, *,
+                      seconds: float | None = None,
+                      stop: asyncio.Event | None = None) -> list[T]:
+    """The closed loop: ``concurrency`` callers, each awaiting its next ``call(i)`` as soon
+    as its last returned (caller ``k`` makes calls ``k, k + concurrency, ...``), until
+    ``seconds`` have passed or ``stop`` is set; every call's result, in completion order.
+    A call that is running when the time is up still completes.
+
+    Raises:
+        ValueError: neither ``seconds`` nor ``stop`` bounds the loop.
+    """
+    if seconds is None and stop is None:
+        raise ValueError("a closed loop needs seconds or a stop event")
+    loop = asyncio.get_running_loop()
+    end = math.inf if seconds is None else loop.time() + seconds
+    results: list[T] = []
+
+    def running() -> bool:
+        return loop.time() < end and not (stop is not None and stop.is_set())
+
+    async def caller(i: int) -> None:
+        while running():
+            results.append(await call(i))
+            i += concurrency
+
+    await asyncio.gather(*(caller(k) for k in range(concurrency)))
+    return results
+
+
+def post_shots(session: aiohttp.ClientSession, url: str, shots: Sequence[Shot],
+               content_type: str, budget_ms: float | None = None
+               ) -> Callable[[int], Awaitable[Outcome]]:
+    """A :func:`closed_loop` call that sends shot ``i`` (modulo their number) to ``url``.
+
+    Raises:
+        ValueError: ``url`` is not a loopback address.
+    """
+    check_loopback(url)
+    headers = headers_for(content_type, budget_ms)
+
+    async def call(i: int) -> Outcome:
+        return await send(session, url, shots[i % len(shots)], headers)
+
+    return call
+
+
+async def ceiling_rps(url: str, shots: Sequence[Shot], content_type: str, concurrency: int,
+                      seconds: float) -> float:
+    """Completed 200s per second with ``concurrency`` requests always in flight: the
+    generator's ceiling when the server answers instantly.
+
+    Raises:
+        ValueError: ``url`` is not a loopback address.
+    """
+    loop = asyncio.get_running_loop()
+    async with client_session(concurrency) as session:
+        start = loop.time()
+        outcomes = await closed_loop(post_shots(session, url, shots, content_type),
+                                     concurrency, seconds=seconds)
+        return sum(o.status == 200 for o in outcomes) / (loop.time() - start)
 
 
 def sink_app(response_bytes: int = 16_000) -> web.Application:

@@ -1,12 +1,14 @@
-"""Start and stop a real gateway process for a load test or benchmark.
+"""Start and stop a real gateway process for a load test, benchmark or experiment.
 
 The gateway runs as its own process (``rankserve serve``), exactly as in production, so the
 load generator never shares an interpreter or a GIL with it. Optional CPU pinning
-(``taskset``) keeps server and load generator on different cores in the benchmark.
+(``taskset`` for the gateway, :func:`pinned` for this process) keeps server and load
+generator on different cores.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -15,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -29,6 +31,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def pinned(cpus: set[int] | None) -> Iterator[None]:
+    """Run this process (and the children it starts meanwhile) on ``cpus`` for the block;
+    nothing changes where ``cpus`` is empty or the platform cannot pin."""
+    if not cpus or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def wait_ready(url: str, timeout_s: float, process: subprocess.Popen[bytes] | None = None

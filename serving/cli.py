@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("serving.train.command", "train the multi-task ranker on KuaiRand"),
     "export": ("serving.train.export", "export a trained ranker to the model repository"),
     "check-repo": ("serving.repository.check", "validate a Triton model repository offline"),
-    "triton": ("serving.backends.triton_local", "run a local tritonserver for development"),
+    "triton": ("serving.localtriton.server", "run a local tritonserver for development"),
 }
 
 

@@ -28,7 +28,7 @@ import aiohttp
 import numpy as np
 import orjson
 
-from serving.gateway import columns_codec
+from serving.wire import columns as columns_codec
 
 Encoding = Literal["json", "columnar", "binary"]
 JSON = "application/json"

@@ -79,6 +79,13 @@ class NotFound(RankServeError):
     code = "not_found"
 
 
+class MethodNotAllowed(RankServeError):
+    """The path exists but not for this HTTP method."""
+
+    status = 405
+    code = "method_not_allowed"
+
+
 class PayloadTooLarge(RankServeError):
     status = 413
     code = "payload_too_large"

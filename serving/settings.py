@@ -132,3 +132,13 @@ class Settings(BaseSettings):
         merged = {**file_values, **env_values,
                   **{k: v for k, v in overrides.items() if v is not None}}
         return cls.model_validate(merged)
+
+
+def default(name: str) -> Any:
+    """The default of setting ``name``: the one definition that constructors taking the
+    same knob (backends, batch policy) default to, so no second copy can disagree.
+
+    Raises:
+        KeyError: no such setting.
+    """
+    return Settings.model_fields[name].get_default(call_default_factory=True)

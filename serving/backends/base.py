@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from serving.repository.served import ServedModel
+from serving.settings import Settings
 
 
 @dataclass
@@ -55,3 +58,18 @@ class Backend(abc.ABC):
             serving.errors.BackendError: the backend failed on this batch.
             serving.errors.Unavailable: the backend is down (the caller may fail over).
         """
+
+
+BackendFactory = Callable[[Settings, Mapping[str, ServedModel]], Backend]
+"""Builds the configured backend for a set of served models, keyed as :func:`model_keys`
+names them; raises :class:`~serving.errors.ModelCardError` for a set it cannot serve."""
+
+
+def model_keys(models: Sequence[ServedModel]) -> dict[str, ServedModel]:
+    """The name each served version has inside a backend: the model name when it is the
+    only version of its model (what Triton knows it by), ``name@version`` when several
+    versions are served side by side."""
+    counts: dict[str, int] = {}
+    for m in models:
+        counts[m.name] = counts.get(m.name, 0) + 1
+    return {(f"{m.name}@{m.version}" if counts[m.name] > 1 else m.name): m for m in models}

@@ -26,7 +26,8 @@ import onnxruntime as ort
 
 from serving.backends.base import Backend, BackendOutput
 from serving.errors import BackendError, DeadlineExceeded, ModelCardError, Unavailable
-from serving.settings import Settings
+from serving.repository.served import ServedModel
+from serving.settings import Settings, default
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +96,11 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, models: Mapping[str, Path], *, instances: int = 1,
-                 providers: Sequence[str] = ("CPUExecutionProvider",),
-                 intra_op_threads: int = 1, inter_op_threads: int = 1,
-                 graph_optimization: str = "all") -> None:
+    def __init__(self, models: Mapping[str, Path], *, instances: int = default("instances"),
+                 providers: Sequence[str] = default("providers"),
+                 intra_op_threads: int = default("intra_op_threads"),
+                 inter_op_threads: int = default("inter_op_threads"),
+                 graph_optimization: str = default("graph_optimization")) -> None:
         self._models = dict(models)
         self._instances = instances
         self._providers = list(providers)
@@ -108,8 +110,10 @@ class OnnxRuntimeBackend(Backend):
         self._executor: ThreadPoolExecutor | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, models: Mapping[str, Path]) -> OnnxRuntimeBackend:
-        return cls(models, instances=settings.instances, providers=settings.providers,
+    def from_settings(cls, settings: Settings, models: Mapping[str, ServedModel]
+                      ) -> OnnxRuntimeBackend:
+        return cls({key: m.onnx_path for key, m in models.items()},
+                   instances=settings.instances, providers=settings.providers,
                    intra_op_threads=settings.intra_op_threads,
                    inter_op_threads=settings.inter_op_threads,
                    graph_optimization=settings.graph_optimization)

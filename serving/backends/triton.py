@@ -18,8 +18,8 @@ most its budget, never more. Around the calls:
   classified by gRPC status code (never by message text); the server's message is logged,
   not sent to clients.
 
-:meth:`TritonBackend.from_settings` returns this backend behind the failover policy
-(:mod:`serving.backends.failover`).
+The failover policy around it is :mod:`serving.backends.failover`, chosen in
+:mod:`serving.backends.factory`.
 """
 
 from __future__ import annotations
@@ -40,10 +40,9 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype, tri
 
 from serving.backends.base import Backend, BackendOutput
 from serving.backends.circuit_breaker import BreakerState, CircuitBreaker
-from serving.backends.failover import FailoverBackend
 from serving.backends.shared_memory import Outcome, SharedMemoryPool, Slot, aligned
 from serving.backends.triton_requests import RequestObjects
-from serving.backends.triton_signature import Signature, find_cards, rows_of
+from serving.backends.triton_signature import Signature, rows_of
 from serving.errors import (
     BackendError,
     BadRequest,
@@ -53,7 +52,8 @@ from serving.errors import (
     Unavailable,
 )
 from serving.repository.card import ModelCard
-from serving.settings import Settings
+from serving.repository.served import ServedModel
+from serving.settings import Settings, default
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,10 @@ class TritonBackend(Backend):
     name = "triton"
 
     def __init__(self, url: str, cards: Mapping[str, ModelCard], *, ready_model: str,
-                 instances: int = 1, shared_memory: bool = False,
-                 breaker: CircuitBreaker | None = None, poll_interval_s: float = 0.5,
+                 instances: int = default("instances"),
+                 shared_memory: bool = default("triton_shared_memory"),
+                 breaker: CircuitBreaker | None = None,
+                 poll_interval_s: float = default("triton_poll_interval_s"),
                  shm_prefix: str = "rankserve") -> None:
         self.url = url
         self._cards = dict(cards)
@@ -112,7 +114,8 @@ class TritonBackend(Backend):
         self._instances = instances
         self._use_shm = shared_memory
         self._shm_prefix = shm_prefix
-        self.breaker = breaker or CircuitBreaker(failures=5, reset_s=1.0)
+        self.breaker = breaker or CircuitBreaker(default("triton_breaker_failures"),
+                                                 default("triton_breaker_reset_s"))
         self._poll_interval_s = poll_interval_s
         self._client: InferenceServerClient | None = None
         self._poller: asyncio.Task[None] | None = None
@@ -124,21 +127,25 @@ class TritonBackend(Backend):
         """Why Triton cannot be used although it answers (e.g. a signature mismatch)."""
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, fallback: Backend | None = None) -> Backend:
-        """The configured Triton path: this backend behind ``settings.failover``.
-
-        ``fallback`` is the embedded backend for ``failover: embedded`` (None otherwise).
+    def from_settings(cls, settings: Settings, models: Mapping[str, ServedModel]
+                      ) -> TritonBackend:
+        """A Triton backend for ``models``, checked against their model cards at start.
 
         Raises:
-            ModelCardError: a model card in the repository is unreadable.
+            ModelCardError: several versions of one model are asked for: Triton applies
+                its own ``version_policy`` and knows each model by its name alone.
         """
-        triton = cls(settings.triton_url, find_cards(settings.model_repository),
-                     ready_model=settings.default_model, instances=settings.instances,
-                     shared_memory=settings.triton_shared_memory,
-                     breaker=CircuitBreaker(settings.triton_breaker_failures,
-                                            settings.triton_breaker_reset_s),
-                     poll_interval_s=settings.triton_poll_interval_s)
-        return FailoverBackend(triton, fallback if settings.failover == "embedded" else None)
+        several = sorted({m.name for key, m in models.items() if key != m.name})
+        if several:
+            raise ModelCardError(f"several versions of {several} at once need the "
+                                 f"embedded backend; Triton serves its own version_policy",
+                                 field="version")
+        cards = {key: m.card for key, m in models.items() if m.card is not None}
+        return cls(settings.triton_url, cards, ready_model=settings.default_model,
+                   instances=settings.instances, shared_memory=settings.triton_shared_memory,
+                   breaker=CircuitBreaker(settings.triton_breaker_failures,
+                                          settings.triton_breaker_reset_s),
+                   poll_interval_s=settings.triton_poll_interval_s)
 
     @property
     def instances(self) -> int:
@@ -314,8 +321,8 @@ class TritonBackend(Backend):
             if sig is None:
                 raise BadRequest(f"model '{model}' has no input '{name}'", field=name)
             array = np.ascontiguousarray(value)
-            if np_to_triton_dtype(array.dtype) != sig.datatype:
-                raise BadRequest(f"input '{name}' must be {sig.datatype}, got "
+            if np_to_triton_dtype(array.dtype) != sig.dtype:
+                raise BadRequest(f"input '{name}' must be {sig.dtype}, got "
                                  f"{np_to_triton_dtype(array.dtype)}", field=name)
             arrays[name] = array
         return arrays
@@ -337,7 +344,7 @@ class TritonBackend(Backend):
         assert self._client is not None
         request_inputs = []
         for name, array in arrays.items():
-            infer_input = self._objects.input(model, name, signature.inputs[name].datatype)
+            infer_input = self._objects.input(model, name, signature.inputs[name].dtype)
             infer_input.set_shape(list(array.shape))
             infer_input.set_data_from_numpy(array)
             request_inputs.append(infer_input)
@@ -353,7 +360,7 @@ class TritonBackend(Backend):
         request_inputs, offset = [], 0
         for name, array in arrays.items():
             slot.inputs.write(array, offset)
-            infer_input = slot.objects.input(model, name, signature.inputs[name].datatype)
+            infer_input = slot.objects.input(model, name, signature.inputs[name].dtype)
             infer_input.set_shape(list(array.shape))
             infer_input.set_shared_memory(slot.inputs.name, array.nbytes, offset)
             request_inputs.append(infer_input)
@@ -370,7 +377,7 @@ class TritonBackend(Backend):
         values = {}
         for name, sig in signature.outputs.items():
             meta = result.get_output(name)
-            values[name] = slot.outputs.read(np.dtype(triton_to_np_dtype(sig.datatype)),
+            values[name] = slot.outputs.read(np.dtype(triton_to_np_dtype(sig.dtype)),
                                              list(meta.shape), layout[name][0])
         return values
 

@@ -2,7 +2,8 @@
 
 The Triton backend compares the two at start (a mismatch is a deployment error that must
 stop the gateway from becoming ready) and uses the signature to lay out shared-memory
-regions for a batch.
+regions for a batch. The comparison itself is the repository's
+(:func:`serving.repository.tensors.differences`); only its wording is Triton's here.
 """
 
 from __future__ import annotations
@@ -10,58 +11,48 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tritonclient.utils import triton_to_np_dtype
 
 from serving.backends.shared_memory import aligned
-from serving.repository.card import CARD_FILE, ModelCard
-
-
-@dataclass(frozen=True)
-class TensorSig:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-    def __str__(self) -> str:
-        return f"{self.datatype} {list(self.shape)}"
+from serving.repository.card import ModelCard
+from serving.repository.tensors import TensorSpec, differences, specs_by_name
 
 
 @dataclass(frozen=True)
 class Signature:
     """A model's inputs and outputs, from Triton's metadata or from a model card."""
 
-    inputs: Mapping[str, TensorSig]
-    outputs: Mapping[str, TensorSig]
+    inputs: Mapping[str, TensorSpec]
+    outputs: Mapping[str, TensorSpec]
 
     @classmethod
     def from_metadata(cls, metadata: Any) -> Signature:
-        def sigs(tensors: Any) -> dict[str, TensorSig]:
-            return {t.name: TensorSig(t.name, t.datatype, tuple(int(d) for d in t.shape))
-                    for t in tensors}
-        return cls(sigs(metadata.inputs), sigs(metadata.outputs))
+        def specs(tensors: Any) -> dict[str, TensorSpec]:
+            return specs_by_name(TensorSpec(t.name, t.datatype, tuple(t.shape))
+                                 for t in tensors)
+        return cls(specs(metadata.inputs), specs(metadata.outputs))
 
     @classmethod
     def from_card(cls, card: ModelCard) -> Signature:
-        return cls({t.name: TensorSig(t.name, t.dtype, tuple(t.shape)) for t in card.inputs},
-                   {t.name: TensorSig(t.name, t.dtype, tuple(t.shape)) for t in card.outputs})
+        return cls(specs_by_name(card.inputs), specs_by_name(card.outputs))
 
     def differences(self, expected: Signature) -> list[str]:
         """What in this (Triton's) signature differs from ``expected`` (the card's)."""
         problems = []
         for kind, ours, theirs in (("input", self.inputs, expected.inputs),
                                    ("output", self.outputs, expected.outputs)):
-            for name, want in theirs.items():
-                got = ours.get(name)
-                if got is None:
-                    problems.append(f"{kind} '{name}' is missing on Triton (card: {want})")
-                elif (got.datatype, got.shape) != (want.datatype, want.shape):
-                    problems.append(f"{kind} '{name}' is {got} on Triton, the card says {want}")
-            problems += [f"{kind} '{name}' is on Triton but not in the card"
-                         for name in ours.keys() - theirs.keys()]
+            for d in differences(kind, theirs, ours):
+                if d.want is None:
+                    problems.append(f"{kind} '{d.name}' is on Triton but not in the card")
+                elif d.got is None:
+                    problems.append(f"{kind} '{d.name}' is missing on Triton "
+                                    f"(card: {d.want.describe()})")
+                else:
+                    problems.append(f"{kind} '{d.name}' is {d.got.describe()} on Triton, "
+                                    f"the card says {d.want.describe()}")
         return problems
 
     def output_layout(self, rows: int) -> dict[str, tuple[int, int]] | None:
@@ -72,7 +63,7 @@ class Signature:
             trailing = sig.shape[1:]
             if any(d < 0 for d in trailing):
                 return None
-            itemsize = np.dtype(triton_to_np_dtype(sig.datatype)).itemsize
+            itemsize = np.dtype(triton_to_np_dtype(sig.dtype)).itemsize
             nbytes = aligned(rows * math.prod(trailing) * itemsize)
             layout[name] = (offset, nbytes)
             offset += nbytes
@@ -82,17 +73,3 @@ class Signature:
 def rows_of(arrays: Mapping[str, np.ndarray]) -> int:
     """The largest leading dimension: outputs have at most that many rows."""
     return max((a.shape[0] for a in arrays.values() if a.ndim), default=0)
-
-
-def find_cards(repository: Path) -> dict[str, ModelCard]:
-    """The model card of each model's highest version that has one."""
-    cards: dict[str, ModelCard] = {}
-    if not repository.is_dir():
-        return cards
-    for model_dir in sorted(p for p in repository.iterdir() if p.is_dir()):
-        versions = sorted((v for v in model_dir.iterdir()
-                           if v.name.isdigit() and (v / CARD_FILE).is_file()),
-                          key=lambda v: int(v.name))
-        if versions:
-            cards[model_dir.name] = ModelCard.load(versions[-1] / CARD_FILE)
-    return cards

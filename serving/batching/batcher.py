@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
-import itertools
 import logging
 import math
 from collections.abc import Mapping
@@ -36,6 +34,7 @@ from serving.backends.base import Backend
 from serving.batching.latency import LatencyModel
 from serving.batching.layout import Layout
 from serving.batching.policy import BatchPolicy, Slots
+from serving.batching.queue import DeadlineQueue, Entry
 from serving.batching.work import Chunk, ChunkState, Job, JobResult, set_if_pending
 from serving.errors import (
     BackendError,
@@ -55,7 +54,7 @@ Under overload the queue sits at this line: about half a budget of work queued k
 backend busy, and the other half absorbs the latency model's error. At 1.0 the queue sits
 at the deadline itself and every underestimate becomes a 504 after queueing (measured at
 3x capacity, 50 ms budgets: 1,700 of 3,500 requests were 504 at 1.0, 0.3% at 0.5, with
-the same accepted rate; loadtests/overload_report.py)."""
+the same accepted rate; loadtests/experiments/overload.py)."""
 
 
 class Batcher:
@@ -75,13 +74,11 @@ class Batcher:
         self.slots = slots
         self.latency = latency or LatencyModel()
         self.queued_rows = 0
-        self._heap: list[tuple[float, int, Chunk]] = []
-        self._seq = itertools.count()
+        self._queue = DeadlineQueue()
         self._arrival = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._running_rows = 0
-        self._dead = 0  # dropped chunks still in the heap (lazy deletion)
         self._closing = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -100,10 +97,8 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for _, _, chunk in self._heap:
+        for chunk in self._queue.clear():
             set_if_pending(chunk.job.future, error=Unavailable("the server is shutting down"))
-        self._heap.clear()
-        self._dead = 0
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
 
@@ -134,7 +129,7 @@ class Batcher:
         job.split(min(self.policy.chunk_rows, self.policy.batch_rows) if mergeable else 0)
         job.future.add_done_callback(lambda _: self._drop_queued(job))
         for chunk in job.chunks:
-            heapq.heappush(self._heap, (deadline, next(self._seq), chunk))
+            self._queue.push(chunk)
         self._add_queued(rows)
         self._arrival.set()
         try:
@@ -168,7 +163,7 @@ class Batcher:
         if self.queued_rows and self.queued_rows + rows > self.policy.max_queue_rows:
             raise Overloaded(f"{self.queued_rows} rows are queued; try again later",
                              retry_after_s=self._retry_after())
-        ahead = sum(c.rows for d, _, c in self._heap if d <= deadline and c.alive)
+        ahead = self._queue.rows_due_by(deadline)
         fixed, per_row = self.latency.coefficients
         own = prep_s + fixed + self.policy.min_slack_s + per_row * rows / self.slots.total
         estimate = own + per_row * (ahead + self._running_rows / 2) / self.slots.total
@@ -184,23 +179,19 @@ class Batcher:
     def _drop_queued(self, job: Job) -> None:
         """A job was answered, failed or cancelled: its still-queued chunks leave the queue.
 
-        The heap entries stay until they surface (lazy deletion); the row count, which
+        The queue's entries stay until they surface (lazy deletion); the row count, which
         admission control reads, drops now.
         """
-        dropped = 0
+        dropped = chunks = 0
         for chunk in job.chunks:
             if chunk.state is ChunkState.QUEUED:
                 chunk.state = ChunkState.DROPPED
                 dropped += chunk.rows
-                self._dead += 1
+                chunks += 1
         if dropped:
             self._add_queued(-dropped)
-        if self._dead > 64 and 2 * self._dead > len(self._heap):
-            # Mostly dead entries (e.g. a wave of disconnects with long budgets): rebuild
-            # rather than keep their tensors alive until they surface.
-            self._heap = [entry for entry in self._heap if entry[2].alive]
-            heapq.heapify(self._heap)
-            self._dead = 0
+        if chunks:
+            self._queue.dropped(chunks)
 
     def _retry_after(self) -> float:
         drain = self.latency.predict(self.queued_rows) / max(self.slots.total, 1)
@@ -229,7 +220,7 @@ class Batcher:
     async def _wait_for_work(self) -> None:
         while True:
             self._expire(asyncio.get_running_loop().time())
-            if self._heap:
+            if self._queue:
                 return
             self._arrival.clear()
             await self._arrival.wait()
@@ -240,7 +231,7 @@ class Batcher:
         while True:
             now = loop.time()
             self._expire(now, doomed=self.latency.fresh(now))
-            if not self._heap:
+            if not self._queue:
                 return []
             entries, full = self._take(now)
             chunks = [chunk for _, _, chunk in entries]
@@ -249,8 +240,7 @@ class Batcher:
                           min(c.job.enqueued_at for c in chunks) + self._max_wait())
             if full or now >= wake_at or any(c.job.started for c in chunks):
                 return chunks
-            for entry in entries:
-                heapq.heappush(self._heap, entry)
+            self._queue.restore(entries)
             self._arrival.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._arrival.wait(), wake_at - now)
@@ -267,7 +257,7 @@ class Batcher:
         fixed, _ = self.latency.coefficients
         return min(self.policy.max_wait_s, max(fixed, 0.0))
 
-    def _take(self, now: float) -> tuple[list[tuple[float, int, Chunk]], bool]:
+    def _take(self, now: float) -> tuple[list[Entry], bool]:
         """Pop the head of the queue up to a batch; ``full`` when it may not grow further.
 
         A batch stops growing at the row target, at a request it cannot merge with, when
@@ -277,13 +267,13 @@ class Batcher:
         """
         policy = self.policy
         mergeable = policy.batching and self.layout.splittable
-        taken: list[tuple[float, int, Chunk]] = []
+        taken: list[Entry] = []
         rows = 0
         by = math.inf
-        while self._heap:
-            chunk = self._heap[0][2]
+        while self._queue:
+            chunk = self._queue.head()
             if not chunk.alive:
-                self._pop_head()
+                self._queue.pop()
                 continue
             if taken and (not mergeable
                           or chunk.job.signature != taken[0][2].job.signature
@@ -293,7 +283,7 @@ class Batcher:
                           or (self.slots.free > 0
                               and any(c.job is chunk.job for _, _, c in taken))):
                 return taken, True
-            taken.append(heapq.heappop(self._heap))
+            taken.append(self._queue.pop())
             rows += chunk.rows
             by = min(by, chunk.job.dispatch_by)
             if rows >= policy.batch_rows or not mergeable:
@@ -307,23 +297,18 @@ class Batcher:
         Failing doomed work at once is what keeps an overloaded server useful: computing
         rows whose answer will arrive too late only makes the rows behind them late too.
         """
-        while self._heap:
-            deadline, _, chunk = self._heap[0]
+        while self._queue:
+            chunk = self._queue.head()
+            deadline = chunk.deadline
             late = deadline <= now or (doomed and now + self.latency.predict(chunk.rows)
                                        > deadline)
             if chunk.alive and not late:
                 return
-            self._pop_head()
+            self._queue.pop()
             if chunk.alive:
                 set_if_pending(chunk.job.future, error=DeadlineExceeded(
                     "the request's budget ran out while it was queued" if deadline <= now
                     else "the request's budget cannot be met: its rows would finish too late"))
-
-    def _pop_head(self) -> Chunk:
-        chunk = heapq.heappop(self._heap)[2]
-        if chunk.state is ChunkState.DROPPED:
-            self._dead -= 1
-        return chunk
 
     def _launch(self, chunks: list[Chunk]) -> None:
         """Mark the chunks running and start their batch. Synchronous with :meth:`_take`

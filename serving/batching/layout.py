@@ -22,6 +22,19 @@ import numpy as np
 
 from serving.batching.work import Chunk, Tensors
 from serving.errors import BackendError, BadRequest
+from serving.ranking.features import ITEM_INPUTS, ITEM_TO_USER, MODEL_INPUTS, USER_INPUTS
+from serving.repository.served import ServedModel
+
+
+def layout_for(model: ServedModel) -> Layout:
+    """How ``model``'s requests merge into batches, from its tensor signature: the ranker's
+    per-request/per-candidate layout, a ``max_batch_size > 0`` model's row-wise layout, or
+    no merging at all."""
+    if model.max_batch_size > 0:
+        return CandidateLayout((), tuple(t.name for t in model.inputs))
+    if model.input_names() == set(MODEL_INPUTS):
+        return CandidateLayout(USER_INPUTS, (*ITEM_INPUTS,), ITEM_TO_USER)
+    return WholeLayout()
 
 
 class Layout:

@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from serving.settings import default
+
 
 @dataclass(frozen=True)
 class BatchPolicy:
-    """The batcher's knobs (the ``Settings`` fields of the same names)."""
+    """The batcher's knobs (the ``Settings`` fields of the same names, and their defaults)."""
 
-    batch_rows: int = 2048
-    chunk_rows: int = 1024
-    max_wait_s: float = 0.002
-    max_queue_rows: int = 50_000
-    batching: bool = True
+    batch_rows: int = default("batch_rows")
+    chunk_rows: int = default("chunk_rows")
+    max_wait_s: float = default("max_wait_ms") / 1e3
+    max_queue_rows: int = default("max_queue_rows")
+    batching: bool = default("batching")
     # A batch must finish this long before its deadline, leaving time to rank, encode and
     # send the answer: the larger of a fixed floor and a fraction of the request's budget.
     min_slack_s: float = 0.001

@@ -14,14 +14,11 @@ the old ones (see :mod:`serving.rollout.controller`), so no request is lost.
 
 from __future__ import annotations
 
-import hmac
-
 from aiohttp import web
 
-from serving.errors import BadRequest, Forbidden, Unauthorized
-from serving.gateway.handlers import read_body
+from serving.errors import Forbidden
 from serving.gateway.keys import DATA_PLANE, SETTINGS
-from serving.gateway.rank_codec import parse_json
+from serving.gateway.rules import check_bearer, parse_json, read_body, version_of
 from serving.rollout.controller import Rollout
 
 PREFIX = "/admin"
@@ -44,16 +41,10 @@ def _authorize(request: web.Request) -> Rollout:
         Unauthorized: no bearer token.
         Forbidden: the wrong one.
     """
-    header = request.headers.get("Authorization", "")
-    scheme, _, presented = header.partition(" ")
-    if scheme.lower() != "bearer" or not presented:
-        raise Unauthorized("the admin bearer token is required", field="Authorization")
-    expected = request.app[SETTINGS].admin_token or ""
-    # surrogatepass: a header that is not UTF-8 arrives with surrogates; strict encoding
-    # would raise (a 500) instead of refusing the token.
-    if not expected or not hmac.compare_digest(presented.encode("utf-8", "surrogatepass"),
-                                               expected.encode()):
-        raise Forbidden("the admin token is not valid", field="Authorization")
+    token = request.app[SETTINGS].admin_token
+    if not token:  # the settings refuse admin_enabled without one; never compare to ""
+        raise Forbidden("the admin endpoints have no token configured", field="Authorization")
+    check_bearer(request, token, Forbidden)
     return request.app[DATA_PLANE].rollout
 
 
@@ -63,13 +54,7 @@ async def _version(request: web.Request) -> int:
     Raises:
         BadRequest: not a JSON object with a positive integer ``version``.
     """
-    document = parse_json(await read_body(request))
-    version = document.get("version")
-    if isinstance(version, str) and version.isdigit():
-        version = int(version)
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise BadRequest("'version' must be a positive integer", field="version")
-    return version
+    return version_of(parse_json(await read_body(request)).get("version"), "version")
 
 
 def _state(rollout: Rollout) -> web.Response:

@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from serving.backends.base import BackendFactory
 from serving.backends.factory import build_backend
 from serving.gateway import admin, handlers, v2_handlers
-from serving.gateway.dataplane import BackendFactory, DataPlane
+from serving.gateway.dataplane import DataPlane
 from serving.gateway.keys import DATA_PLANE, METRICS, SETTINGS
 from serving.gateway.middleware import gateway_middleware
 from serving.settings import Settings

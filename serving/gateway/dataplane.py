@@ -18,23 +18,23 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from serving.backends.base import Backend
+from serving.backends.base import Backend, BackendFactory
 from serving.backends.factory import build_backend
 from serving.batching.batcher import Batcher
 from serving.batching.work import JobResult
 from serving.errors import NotFound, Unavailable
-from serving.gateway.models import ServedModel
-from serving.gateway.ranker import Ranker, RankRequest, RankResult
 from serving.ranking.features import PROBS
+from serving.ranking.ranker import Ranker, RankRequest, RankResult
+from serving.repository.served import ServedModel
 from serving.rollout.controller import Rollout
-from serving.rollout.generation import BackendFactory, Generation, Served
+from serving.rollout.generation import Generation, Served
 from serving.rollout.shadow import ShadowScorer
 from serving.settings import Settings
 from serving.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BackendFactory", "DataPlane"]
+__all__ = ["DataPlane"]
 
 
 class DataPlane:
@@ -111,19 +111,22 @@ class DataPlane:
 
     # -- scoring ---------------------------------------------------------------------------
 
-    def model(self, name: str, version: str | None = None) -> ServedModel:
+    def model(self, name: str, version: int | None = None) -> ServedModel:
         """A served model by name, at ``version`` if given, else its default version.
 
         Raises:
+            Unavailable: nothing is loaded yet (as on ``/v1/rank``: retry later).
             NotFound: no such model, or that version is not loaded.
         """
         generation = self.rollout.current
-        default = None if generation is None else generation.default.get(name)
-        if generation is None or default is None:
+        if generation is None:
+            raise Unavailable("models are not loaded yet")
+        default = generation.default.get(name)
+        if default is None:
             raise NotFound(f"unknown model '{name}'", field="model")
-        if version in (None, ""):
+        if version is None:
             return default.model
-        served = generation.get(name, int(version)) if str(version).isdigit() else None
+        served = generation.get(name, version)
         if served is None:
             raise NotFound(f"model '{name}' has no version {version} loaded (serving "
                            f"{generation.versions(name)})", field="version")
@@ -177,8 +180,11 @@ class DataPlane:
                                           - self._encode_s_per_row)
         with generation.using():  # held until the shadow task holds it too
             result = await batcher.submit(tensors, deadline)
-            ranked = ranker.rank(request, result, weights, shown)
-            ranked.timings.update(encode_ms=round((encoded - started) * 1e3, 3),
+            ranked = ranker.rank(request, result.outputs, weights, shown, result.degraded)
+            ranked.timings.update(queue_ms=round(result.queue_s * 1e3, 3),
+                                  backend_ms=round(result.backend_s * 1e3, 3),
+                                  batch_rows=result.batch_rows,
+                                  encode_ms=round((encoded - started) * 1e3, 3),
                                   server_ms=round((loop.time() - started) * 1e3, 3))
             self.shadow.offer(generation, served, ranker, request, result.outputs[PROBS])
         return ranked

@@ -1,7 +1,7 @@
 """HTTP handlers for ``/v1/rank``, health, readiness and metrics: translation only.
 
-Each handler reads the body (size checked first), decodes it with a codec, calls the data
-plane and encodes the answer; errors propagate as :class:`~serving.errors.RankServeError`
+Each handler reads the body (:mod:`serving.gateway.rules`), decodes it with a codec, calls
+the data plane and encodes the answer; errors propagate as :class:`~serving.errors.RankServeError`
 to the middleware.
 """
 
@@ -10,29 +10,14 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from serving.errors import PayloadTooLarge, Unavailable, UnsupportedMediaType
-from serving.gateway import columns_codec, rank_codec
-from serving.gateway.keys import ARRIVAL, DATA_PLANE, METRICS, REQUEST_ID, SETTINGS
+from serving.errors import Unavailable, UnsupportedMediaType
+from serving.gateway import rank_codec
+from serving.gateway.keys import DATA_PLANE, METRICS, REQUEST_ID, SETTINGS
+from serving.gateway.rules import deadline, parse_json, read_body
 from serving.telemetry.logs import request_id_var
+from serving.wire import columns as columns_codec
 
-BUDGET_HEADER = "X-Request-Budget-Ms"
 JSON_TYPES = frozenset({"application/json", "text/json", ""})
-
-
-async def read_body(request: web.Request) -> bytes:
-    """The request body, refused with 413 before reading when it is over the limit.
-
-    Raises:
-        PayloadTooLarge: ``Content-Length`` (or the bytes actually sent) exceed the limit.
-    """
-    limit = request.app[SETTINGS].max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"body of {request.content_length} bytes; the limit is {limit}",
-                              field="body")
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"body over the limit of {limit} bytes", field="body") from None
 
 
 async def rank(request: web.Request) -> web.Response:
@@ -43,7 +28,7 @@ async def rank(request: web.Request) -> web.Response:
         document, columns = columns_codec.decode(body)
         document["candidates"] = columns
     elif request.content_type in JSON_TYPES:
-        document = rank_codec.parse_json(body)
+        document = parse_json(body)
     else:
         raise UnsupportedMediaType(
             f"content type '{request.content_type}' is not accepted; send application/json "
@@ -53,10 +38,7 @@ async def rank(request: web.Request) -> web.Response:
     if parsed.request_id is not None:
         request[REQUEST_ID] = parsed.request_id
         request_id_var.set(parsed.request_id)
-    header_budget = rank_codec.parse_budget(request.headers.get(BUDGET_HEADER), BUDGET_HEADER,
-                                            settings.max_budget_ms)
-    budget_ms = parsed.budget_ms or header_budget or settings.default_budget_ms
-    result = await request.app[DATA_PLANE].rank(parsed, request[ARRIVAL] + budget_ms / 1e3)
+    result = await request.app[DATA_PLANE].rank(parsed, deadline(request, parsed.budget_ms))
     return web.Response(body=rank_codec.encode_response(result, request[REQUEST_ID]),
                         content_type="application/json")
 

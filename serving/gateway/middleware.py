@@ -12,7 +12,6 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from hmac import compare_digest
 
 import orjson
 from aiohttp import web
@@ -20,13 +19,14 @@ from aiohttp import web
 from serving.errors import (
     BadRequest,
     DeadlineExceeded,
+    MethodNotAllowed,
     NotFound,
     Overloaded,
     RankServeError,
     Unauthorized,
 )
 from serving.gateway.keys import ARRIVAL, METRICS, REQUEST_ID, SETTINGS
-from serving.gateway.rank_codec import valid_request_id
+from serving.gateway.rules import check_bearer, valid_request_id
 from serving.telemetry.logs import request_id_var
 
 log = logging.getLogger("rankserve.access")
@@ -50,26 +50,17 @@ def _from_http(e: web.HTTPException) -> RankServeError:
     """aiohttp's own routing errors, in the project's error shape."""
     if isinstance(e, web.HTTPNotFound):
         return NotFound("no such endpoint", field="path")
-    error = BadRequest(e.reason or "bad request", field="method"
-                       if isinstance(e, web.HTTPMethodNotAllowed) else None)
-    error.status = e.status
-    error.code = "method_not_allowed" if isinstance(e, web.HTTPMethodNotAllowed) \
-        else "bad_request"
-    return error
+    if isinstance(e, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed(f"{e.method} is not allowed here; allowed: "
+                                f"{', '.join(sorted(e.allowed_methods))}", field="method")
+    return BadRequest(e.reason or "bad request")
 
 
 def _check_auth(request: web.Request) -> None:
-    """Bearer token on /v1 and /v2, compared in constant time (no timing side channel on
-    how many leading bytes of a guess were right)."""
+    """The traffic bearer token on /v1 and /v2 (probes and /admin are not covered)."""
     token = request.app[SETTINGS].auth_token
-    if token and request.path.startswith(PROTECTED) and not compare_digest(
-            _utf8(request.headers.get("Authorization", "")), _utf8(f"Bearer {token}")):
-        raise Unauthorized("a valid bearer token is required", field="Authorization")
-
-
-def _utf8(text: str) -> bytes:
-    """Bytes for ``compare_digest`` (which refuses non-ASCII str); never raises."""
-    return text.encode("utf-8", "surrogatepass")
+    if token and request.path.startswith(PROTECTED):
+        check_bearer(request, token, Unauthorized)
 
 
 @web.middleware

@@ -2,15 +2,14 @@
 
 Row-wise JSON (``candidates`` is a list of objects) and columnar JSON (``candidates`` is an
 object of equal-length lists) are both parsed with orjson and meet in one columnar
-:class:`RankRequest`; the binary encoding (:mod:`serving.gateway.columns_codec`) produces the
+:class:`RankRequest`; the binary encoding (:mod:`serving.wire.columns`) produces the
 same document shape with numpy columns. Options are validated here, each error naming its
-field; feature values are validated by the feature encoder.
+field; feature values are validated by the feature encoder. The rules every route shares
+(body, budget, request id) are :mod:`serving.gateway.rules`.
 """
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,34 +17,12 @@ import numpy as np
 import orjson
 
 from serving.errors import BadRequest, InvalidFeature, MissingFeature, PayloadTooLarge
-from serving.gateway.ranker import RankRequest, RankResult
+from serving.gateway.rules import MAX_REQUEST_ID, parse_budget, valid_request_id
 from serving.ranking.features import columns_from_rows
+from serving.ranking.ranker import RankRequest, RankResult
 
 FIELDS = frozenset({"request_id", "model", "user", "context", "history", "candidates",
                     "top_k", "budget_ms", "weights", "return_tasks"})
-MAX_REQUEST_ID = 128
-REQUEST_ID_PATTERN = re.compile(rf"[\x20-\x7e]{{1,{MAX_REQUEST_ID}}}")
-"""Printable ASCII: the id is echoed in the ``X-Request-Id`` response header, where a
-control character would make the response unwritable and other text would be mangled."""
-
-
-def valid_request_id(value: object) -> bool:
-    return isinstance(value, str) and REQUEST_ID_PATTERN.fullmatch(value) is not None
-
-
-def parse_json(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object.
-
-    Raises:
-        BadRequest: not JSON (NaN and Infinity literals included) or not an object.
-    """
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise BadRequest(f"body is not valid JSON: {e}", field="body") from None
-    if not isinstance(doc, dict):
-        raise BadRequest("body must be a JSON object", field="body")
-    return doc
 
 
 def _object(doc: Mapping[str, Any], name: str, required: bool) -> dict[str, Any]:
@@ -99,29 +76,6 @@ def _positive_int(doc: Mapping[str, Any], name: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise BadRequest(f"'{name}' must be a positive integer", field=name)
     return value
-
-
-def parse_budget(value: Any, field: str, max_budget_ms: float) -> float | None:
-    """A budget in ms from the body or the ``X-Request-Budget-Ms`` header (a string).
-
-    Raises:
-        BadRequest: not a positive finite number up to ``max_budget_ms``.
-    """
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            if not value.isascii():  # float() reads other scripts' digits: "٣" is 3.0
-                raise ValueError(value)
-            value = float(value)
-        except ValueError:
-            raise BadRequest(f"'{field}' must be a number of milliseconds",
-                             field=field) from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or not 0 < value <= max_budget_ms:
-        raise BadRequest(f"'{field}' must be a number of milliseconds in (0, {max_budget_ms}]",
-                         field=field)
-    return float(value)
 
 
 def to_rank_request(doc: Mapping[str, Any], *, max_candidates: int,

@@ -19,8 +19,9 @@ import numpy as np
 import orjson
 
 from serving.errors import BadRequest
-from serving.gateway.models import ServedModel, TensorInfo
-from serving.gateway.rank_codec import parse_json
+from serving.gateway.rules import parse_json
+from serving.repository.served import ServedModel
+from serving.repository.tensors import TensorSpec
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -84,7 +85,7 @@ def decode(body: bytes, header_length: str | None, model: ServedModel) -> InferR
                         parameters)
 
 
-def _decode_input(entry: Any, i: int, specs: Mapping[str, TensorInfo], binary: bytes,
+def _decode_input(entry: Any, i: int, specs: Mapping[str, TensorSpec], binary: bytes,
                   offset: int) -> tuple[str, np.ndarray, int]:
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
         raise BadRequest(f"'inputs[{i}]' must be an object with a name", field=f"inputs[{i}]")
@@ -93,8 +94,8 @@ def _decode_input(entry: Any, i: int, specs: Mapping[str, TensorInfo], binary: b
     spec = specs.get(name)
     if spec is None:
         raise BadRequest(f"model has no input '{name}'", field=where)
-    if entry.get("datatype") != spec.datatype:
-        raise BadRequest(f"'{name}' must have datatype {spec.datatype}, got "
+    if entry.get("datatype") != spec.dtype:
+        raise BadRequest(f"'{name}' must have datatype {spec.dtype}, got "
                          f"{entry.get('datatype')!r}", field=where)
     shape = entry.get("shape")
     if not isinstance(shape, list) or not all(
@@ -107,18 +108,18 @@ def _decode_input(entry: Any, i: int, specs: Mapping[str, TensorInfo], binary: b
     count = int(np.prod(shape))
     size = (entry.get("parameters") or {}).get("binary_data_size")
     if size is not None:
-        if size != count * spec.dtype.itemsize or offset + size > len(binary):
+        if size != count * spec.numpy_dtype.itemsize or offset + size > len(binary):
             raise BadRequest(f"'{name}' binary_data_size does not match its shape or the body",
                              field=where)
-        data = np.frombuffer(binary, dtype=spec.dtype.newbyteorder("<"), count=count,
-                             offset=offset).astype(spec.dtype, copy=False)
+        data = np.frombuffer(binary, dtype=spec.numpy_dtype.newbyteorder("<"), count=count,
+                             offset=offset).astype(spec.numpy_dtype, copy=False)
         _check_finite(data, name)
         return name, data.reshape(shape), offset + size
     try:
         with np.errstate(over="ignore"):  # a float too large becomes inf: refused just below
-            data = np.asarray(entry.get("data"), dtype=spec.dtype)
+            data = np.asarray(entry.get("data"), dtype=spec.numpy_dtype)
     except (TypeError, ValueError, OverflowError):
-        raise BadRequest(f"'{name}' data must hold {spec.datatype} values", field=where) \
+        raise BadRequest(f"'{name}' data must hold {spec.dtype} values", field=where) \
             from None
     if data.size != count:
         raise BadRequest(f"'{name}' has {data.size} values for shape {shape}", field=where)
@@ -153,7 +154,7 @@ def _requested_outputs(doc: Mapping[str, Any], model: ServedModel,
 def encode(model: ServedModel, outputs: Mapping[str, np.ndarray], request: InferRequest
            ) -> tuple[bytes, dict[str, str]]:
     """The response body and its extra headers (the header length when binary follows)."""
-    datatypes = {t.name: t.datatype for t in model.outputs}
+    datatypes = {t.name: t.dtype for t in model.outputs}
     described: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for name, binary in request.outputs.items():

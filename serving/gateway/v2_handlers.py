@@ -10,10 +10,9 @@ from google.protobuf import json_format
 
 from serving.errors import NotFound, Unavailable
 from serving.gateway import v2_codec
-from serving.gateway.handlers import BUDGET_HEADER, read_body
-from serving.gateway.keys import ARRIVAL, DATA_PLANE, SETTINGS
-from serving.gateway.models import ServedModel
-from serving.gateway.rank_codec import parse_budget
+from serving.gateway.keys import DATA_PLANE, SETTINGS
+from serving.gateway.rules import deadline, parse_budget, path_version, read_body
+from serving.repository.served import ServedModel
 
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
 
@@ -26,8 +25,7 @@ def _version() -> str:
 
 
 def _model(request: web.Request) -> ServedModel:
-    return request.app[DATA_PLANE].model(request.match_info["model"],
-                                         request.match_info.get("version"))
+    return request.app[DATA_PLANE].model(request.match_info["model"], path_version(request))
 
 
 async def server_metadata(request: web.Request) -> web.Response:
@@ -51,8 +49,8 @@ async def model_metadata(request: web.Request) -> web.Response:
     return web.json_response({
         "name": model.name, "platform": "onnxruntime_onnx",
         "versions": [str(v) for v in request.app[DATA_PLANE].versions(model.name)],
-        "inputs": [t.to_dict() for t in model.inputs],
-        "outputs": [t.to_dict() for t in model.outputs]})
+        "inputs": [t.to_metadata() for t in model.inputs],
+        "outputs": [t.to_metadata() for t in model.outputs]})
 
 
 async def model_ready(request: web.Request) -> web.Response:
@@ -75,14 +73,10 @@ async def infer(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     body = await read_body(request)
     decoded = v2_codec.decode(body, request.headers.get(v2_codec.HEADER_LENGTH), model)
-    if decoded.timeout_us is not None:
-        budget_ms = parse_budget(decoded.timeout_us / 1e3, "parameters.timeout",
-                                 settings.max_budget_ms)
-    else:
-        budget_ms = parse_budget(request.headers.get(BUDGET_HEADER), BUDGET_HEADER,
-                                 settings.max_budget_ms)
-    deadline = request[ARRIVAL] + (budget_ms or settings.default_budget_ms) / 1e3
-    result = await request.app[DATA_PLANE].infer(model, decoded.inputs, deadline)
+    timeout_ms = None if decoded.timeout_us is None else decoded.timeout_us / 1e3
+    budget_ms = parse_budget(timeout_ms, "parameters.timeout", settings.max_budget_ms)
+    result = await request.app[DATA_PLANE].infer(model, decoded.inputs,
+                                                 deadline(request, budget_ms))
     missing = [name for name in decoded.outputs if name not in result.outputs]
     if missing:
         raise NotFound(f"the model produced no output '{missing[0]}'", field="outputs")

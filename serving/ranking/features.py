@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from serving.errors import InvalidFeature, MissingFeature
+from serving.wire.columns import DictColumn
 
 Columns = Mapping[str, Any]
 """Raw columnar features: name -> sequence (list or numpy array) with one value per row."""
@@ -118,19 +119,6 @@ ITEM_NUMERIC: tuple[NumericSpec, ...] = (
 )
 ALL_CATEGORICAL = (USER_ID_SPEC, ITEM_ID_SPEC, *USER_CATEGORICAL, *ITEM_CATEGORICAL)
 ALL_NUMERIC = (*USER_NUMERIC, *ITEM_NUMERIC)
-
-
-@dataclass(frozen=True)
-class DictColumn:
-    """A dictionary-encoded string column: row ``i`` is ``values[codes[i]]``, code -1 is
-    missing. The binary request encoding carries strings this way, so a vocabulary lookup
-    runs once per distinct value instead of once per row."""
-
-    values: Sequence[str]
-    codes: npt.NDArray[np.int32]
-
-    def __len__(self) -> int:
-        return len(self.codes)
 
 
 def field_path(side: Side, name: str) -> str:

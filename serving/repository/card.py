@@ -17,18 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from serving.errors import ModelCardError
+from serving.repository.tensors import TensorSpec
 
 CARD_FILE = "model_card.json"
 ONNX_FILE = "model.onnx"
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One graph input or output, in Triton's dtype spelling (``INT64``, ``FP32``)."""
-
-    name: str
-    dtype: str
-    shape: list[int]
 
 
 @dataclass
@@ -55,8 +47,8 @@ class ModelCard:
         """
         try:
             raw = json.loads(path.read_text())
-            raw["inputs"] = [TensorSpec(**t) for t in raw["inputs"]]
-            raw["outputs"] = [TensorSpec(**t) for t in raw["outputs"]]
+            raw["inputs"] = [TensorSpec.from_card(t) for t in raw["inputs"]]
+            raw["outputs"] = [TensorSpec.from_card(t) for t in raw["outputs"]]
             return cls(**raw)
         except FileNotFoundError:
             raise ModelCardError(f"model card not found: {path.name}", field=str(path)) from None

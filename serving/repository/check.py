@@ -14,74 +14,66 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 from tritonclient.grpc import model_config_pb2 as mc
 
 from serving.errors import ModelCardError
-from serving.repository.card import CARD_FILE, ONNX_FILE, ModelCard, TensorSpec, sha256_of
-from serving.repository.config import CONFIG_DTYPES, CONFIG_FILE, parse_config
+from serving.repository.card import CARD_FILE, ONNX_FILE, ModelCard, sha256_of
+from serving.repository.config import CONFIG_FILE, parse_config
+from serving.repository.served import model_file
+from serving.repository.tensors import (
+    TensorSpec,
+    config_spelling,
+    differences,
+    specs_by_name,
+    wire_of_config,
+    wire_of_onnx,
+)
+from serving.repository.versions import model_dirs, version_folders
 
 ONNX_PLATFORM, ONNX_BACKEND = "onnxruntime_onnx", "onnxruntime"
 
-_P = onnx.TensorProto
-_ONNX_TO_CONFIG: dict[int, str] = {
-    _P.INT64: "TYPE_INT64", _P.INT32: "TYPE_INT32", _P.FLOAT: "TYPE_FP32", _P.FLOAT16: "TYPE_FP16",
-    _P.BOOL: "TYPE_BOOL", _P.DOUBLE: "TYPE_FP64", _P.STRING: "TYPE_STRING"}
 
-
-@dataclass(frozen=True)
-class Tensor:
-    """A tensor signature in config spelling: ``TYPE_FP32`` and dims with -1 for dynamic."""
-
-    name: str
-    dtype: str
-    dims: tuple[int, ...]
-
-    def describe(self) -> str:
-        return f"{self.dtype} {list(self.dims)}"
-
-
-def _graph_tensors(values: Iterable[onnx.ValueInfoProto]) -> dict[str, Tensor]:
+def _graph_tensors(values: Iterable[onnx.ValueInfoProto]) -> dict[str, TensorSpec]:
     out = {}
     for v in values:
         t = v.type.tensor_type
         dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim)
-        out[v.name] = Tensor(v.name, _ONNX_TO_CONFIG.get(t.elem_type, f"onnx:{t.elem_type}"),
-                             dims)
+        out[v.name] = TensorSpec(v.name, wire_of_onnx(t.elem_type), dims)
     return out
 
 
 def _config_tensors(entries: Sequence[mc.ModelInput] | Sequence[mc.ModelOutput],
-                    batched: bool) -> dict[str, Tensor]:
+                    batched: bool) -> dict[str, TensorSpec]:
     """Config tensors with the implicit batch dimension made explicit (-1) if batched."""
-    return {e.name: Tensor(e.name, mc.DataType.Name(e.data_type),
-                           ((-1,) if batched else ()) + tuple(e.dims)) for e in entries}
+    return {e.name: TensorSpec(e.name, wire_of_config(e.data_type),
+                               ((-1,) if batched else ()) + tuple(e.dims)) for e in entries}
 
 
-def compare(kind: str, where: str, expected: dict[str, Tensor], actual: dict[str, Tensor],
-            source: str) -> list[str]:
-    """Differences between ``actual`` (from ``where``) and ``expected`` (from ``source``)."""
+def compare(kind: str, where: str, expected: dict[str, TensorSpec],
+            actual: dict[str, TensorSpec], source: str) -> list[str]:
+    """Differences between ``actual`` (from ``where``) and ``expected`` (from ``source``),
+    with dtypes in config spelling (``TYPE_FP32``) as the repository's files write them."""
     problems = []
-    for name in actual.keys() - expected.keys():
-        problems.append(f"{where}: {kind} '{name}' is not an {kind} of {source} "
-                        f"({kind}s there: {', '.join(sorted(expected))})")
-    for name in expected.keys() - actual.keys():
-        problems.append(f"{where}: {kind} '{name}' of {source} is missing")
-    for name in sorted(expected.keys() & actual.keys()):
-        want, got = expected[name], actual[name]
-        if want.dtype != got.dtype:
-            problems.append(f"{where}: {kind} '{name}' has dtype {got.dtype} but {source} "
-                            f"has {want.dtype}")
-        elif want.dims != got.dims:
-            problems.append(f"{where}: {kind} '{name}' has dims {list(got.dims)} but {source} "
-                            f"has {list(want.dims)}")
+    for d in differences(kind, expected, actual):
+        if d.want is None:
+            problems.append(f"{where}: {kind} '{d.name}' is not an {kind} of {source} "
+                            f"({kind}s there: {', '.join(sorted(expected))})")
+        elif d.got is None:
+            problems.append(f"{where}: {kind} '{d.name}' of {source} is missing")
+        elif d.got.dtype != d.want.dtype:
+            problems.append(f"{where}: {kind} '{d.name}' has dtype "
+                            f"{config_spelling(d.got.dtype)} but {source} has "
+                            f"{config_spelling(d.want.dtype)}")
+        else:
+            problems.append(f"{where}: {kind} '{d.name}' has dims {list(d.got.shape)} but "
+                            f"{source} has {list(d.want.shape)}")
     return problems
 
 
-def _check_warmup(config: mc.ModelConfig, graph: dict[str, Tensor], where: str) -> list[str]:
+def _check_warmup(config: mc.ModelConfig, graph: dict[str, TensorSpec], where: str) -> list[str]:
     problems = []
     for sample in config.model_warmup:
         for name, spec in sample.inputs.items():
@@ -90,23 +82,18 @@ def _check_warmup(config: mc.ModelConfig, graph: dict[str, Tensor], where: str) 
             if tensor is None:
                 problems.append(f"{label} is not a model input")
                 continue
-            dtype = mc.DataType.Name(spec.data_type)
+            dtype = wire_of_config(spec.data_type)
             dims = ((sample.batch_size,) if config.max_batch_size > 0 else ()) + tuple(spec.dims)
-            fits = len(dims) == len(tensor.dims) and all(
-                want in (-1, got) for want, got in zip(tensor.dims, dims, strict=True))
+            fits = len(dims) == len(tensor.shape) and all(
+                want in (-1, got) for want, got in zip(tensor.shape, dims, strict=True))
             if dtype != tensor.dtype or not fits:
-                problems.append(f"{label} is {dtype} {list(dims)}, the model takes "
-                                f"{tensor.describe()}")
+                problems.append(f"{label} is {config_spelling(dtype)} {list(dims)}, the model "
+                                f"takes {config_spelling(tensor.dtype)} {list(tensor.shape)}")
     return problems
 
 
-def _card_tensors(specs: Iterable[TensorSpec]) -> dict[str, Tensor]:
-    return {s.name: Tensor(s.name, CONFIG_DTYPES.get(s.dtype, s.dtype), tuple(s.shape))
-            for s in specs}
-
-
-def check_card(model_name: str, version_dir: Path, graph_in: dict[str, Tensor],
-               graph_out: dict[str, Tensor], label: str) -> list[str]:
+def check_card(model_name: str, version_dir: Path, graph_in: dict[str, TensorSpec],
+               graph_out: dict[str, TensorSpec], label: str) -> list[str]:
     """The model card beside ``model.onnx`` against the graph and the file's checksum."""
     card_path = version_dir / CARD_FILE
     where = f"{label}/{CARD_FILE}"
@@ -122,8 +109,8 @@ def check_card(model_name: str, version_dir: Path, graph_in: dict[str, Tensor],
     if str(card.version) != version_dir.name:
         problems.append(f"{where}: version {card.version} does not match folder "
                         f"'{version_dir.name}'")
-    problems += compare("input", where, graph_in, _card_tensors(card.inputs), ONNX_FILE)
-    problems += compare("output", where, graph_out, _card_tensors(card.outputs), ONNX_FILE)
+    problems += compare("input", where, graph_in, specs_by_name(card.inputs), ONNX_FILE)
+    problems += compare("output", where, graph_out, specs_by_name(card.outputs), ONNX_FILE)
     actual = sha256_of(version_dir / ONNX_FILE)
     if card.onnx_sha256 != actual:
         problems.append(f"{where}: onnx_sha256 {card.onnx_sha256} does not match "
@@ -134,7 +121,7 @@ def check_card(model_name: str, version_dir: Path, graph_in: dict[str, Tensor],
 def check_version(config: mc.ModelConfig, model_dir: Path, version_dir: Path) -> list[str]:
     """One version folder of an ONNX model: graph vs config, warm-up and card."""
     label = f"{model_dir.name}/{version_dir.name}"
-    onnx_path = version_dir / (config.default_model_filename or ONNX_FILE)
+    onnx_path = version_dir / model_file(config)
     if not onnx_path.is_file():
         return [f"{label}: {onnx_path.name} not found"]
     try:
@@ -167,8 +154,7 @@ def check_model(model_dir: Path) -> list[str]:
     if config.name and config.name != model_dir.name:
         problems.append(f"{where}: name '{config.name}' does not match its folder "
                         f"'{model_dir.name}'")
-    versions = sorted((p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()),
-                      key=lambda p: int(p.name))
+    versions = [path for _, path in version_folders(model_dir)]
     if not versions:
         problems.append(f"{model_dir.name}: no numeric version folder")
     if config.platform == ONNX_PLATFORM or config.backend == ONNX_BACKEND:
@@ -185,7 +171,7 @@ def check_repository(repository: Path) -> tuple[list[str], list[str]]:
     """
     if not repository.is_dir():
         raise FileNotFoundError(f"model repository not found: {repository}")
-    models = sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith("."))
+    models = model_dirs(repository)
     problems = []
     for model_dir in models:
         problems += check_model(model_dir)

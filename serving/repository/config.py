@@ -16,13 +16,10 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from serving.errors import ModelCardError
-from serving.repository.card import ModelCard, TensorSpec
+from serving.repository.card import ModelCard
+from serving.repository.tensors import TensorSpec, config_spelling
 
 CONFIG_FILE = "config.pbtxt"
-
-# Card dtype (Triton's wire spelling) -> the config's DataType enum name.
-CONFIG_DTYPES = {"INT64": "TYPE_INT64", "INT32": "TYPE_INT32", "FP32": "TYPE_FP32",
-                 "FP16": "TYPE_FP16", "BOOL": "TYPE_BOOL"}
 
 WARMUP_REQUESTS, WARMUP_CANDIDATES = 1, 300
 """The warm-up sample: one request with 300 candidates, a typical feed call."""
@@ -51,7 +48,7 @@ def _dims(shape: Sequence[int]) -> str:
 
 
 def _tensor(spec: TensorSpec) -> str:
-    return (f'  {{ name: "{spec.name}", data_type: {CONFIG_DTYPES[spec.dtype]}, '
+    return (f'  {{ name: "{spec.name}", data_type: {config_spelling(spec.dtype)}, '
             f"dims: {_dims(spec.shape)} }}")
 
 
@@ -64,7 +61,7 @@ def _warmup_input(spec: TensorSpec, user_inputs: set[str]) -> str:
     # Zeros are valid for every integer input (id 0 = OOV, item_to_user 0 = the one request
     # row); float inputs get random values so the kernels see realistic data.
     data = "zero_data: true" if spec.dtype.startswith("INT") else "random_data: true"
-    return (f'      key: "{spec.name}"\n      value: {{ data_type: {CONFIG_DTYPES[spec.dtype]}, '
+    return (f'      key: "{spec.name}"\n      value: {{ data_type: {config_spelling(spec.dtype)}, '
             f"dims: {_dims(_warmup_shape(spec, user_inputs))}, {data} }}")
 
 

@@ -16,31 +16,17 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from tritonclient.grpc import model_config_pb2 as mc
-
-from serving.errors import Conflict, ModelCardError, NotFound, RankServeError
-from serving.gateway.models import load_model, model_versions
+from serving.backends.base import BackendFactory
+from serving.errors import Conflict, NotFound, RankServeError
 from serving.repository.config import CONFIG_FILE
-from serving.rollout.generation import BackendFactory, Generation
+from serving.repository.served import load_model, model_versions, policy_selection
+from serving.rollout.generation import Generation
 from serving.settings import Settings
 from serving.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-
-
-def policy_versions(config: mc.ModelConfig, on_disk: list[int]) -> list[int]:
-    """The versions Triton's ``version_policy`` serves among ``on_disk`` (ascending);
-    no policy means the newest one, as in Triton."""
-    policy = config.version_policy
-    kind = policy.WhichOneof("policy_choice")
-    if kind == "all":
-        return list(on_disk)
-    if kind == "specific":
-        return sorted(v for v in set(policy.specific.versions) if v in on_disk)
-    latest = policy.latest.num_versions if kind == "latest" else 1
-    return on_disk[-max(latest, 1):]
 
 
 class Rollout:
@@ -72,20 +58,8 @@ class Rollout:
         raise NotFound(f"no model '{name}' in the repository", field="model")
 
     def _policy_wanted(self) -> dict[str, set[int]]:
-        if not self.repository.is_dir():
-            raise ModelCardError(f"model repository not found: {self.repository}",
-                                 field="model_repository")
-        wanted = {}
-        for model_dir in sorted(p for p in self.repository.iterdir() if p.is_dir()):
-            if not (model_dir / CONFIG_FILE).is_file():
-                log.warning("skipping %s: no %s", model_dir, CONFIG_FILE)
-                continue
-            config, on_disk = model_versions(model_dir)
-            wanted[model_dir.name] = set(policy_versions(config, on_disk))
-        if not wanted:
-            raise ModelCardError(f"model repository {self.repository} holds no model",
-                                 field="model_repository")
-        return wanted
+        return {name: set(versions)
+                for name, versions in policy_selection(self.repository).items()}
 
     async def start(self) -> Generation:
         """Serve what the repository's version policies select."""

@@ -12,26 +12,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from serving.backends.base import Backend
+from serving.backends.base import Backend, BackendFactory, model_keys
 from serving.batching.batcher import Batcher
-from serving.batching.layout import CandidateLayout
+from serving.batching.layout import CandidateLayout, layout_for
 from serving.batching.policy import BatchPolicy, Slots
-from serving.errors import ModelCardError, RankServeError
-from serving.gateway.models import ServedModel
-from serving.gateway.ranker import Ranker
+from serving.errors import RankServeError
+from serving.ranking.ranker import Ranker
+from serving.repository.served import ServedModel
 from serving.rollout.routing import Split
 from serving.settings import Settings
 from serving.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-BackendFactory = Callable[[Settings, Mapping[str, Path]], Backend]
 WARMUP_ROWS = (1, 32, 256, 1024)
 
 
@@ -42,12 +40,6 @@ class Served:
     model: ServedModel
     ranker: Ranker | None
     batcher: Batcher
-
-
-def backend_key(model: ServedModel, several: bool) -> str:
-    """The name a version has inside the backend: the model name when it is the only
-    version served (what Triton knows it by), ``name@version`` when several are."""
-    return f"{model.name}@{model.version}" if several else model.name
 
 
 class Generation:
@@ -86,35 +78,26 @@ class Generation:
         """Load, warm up and start every version in ``models`` on a new backend.
 
         Raises:
-            ModelCardError: a model is invalid, or several versions of one model are asked
-                of the Triton backend (Triton applies its own version policy).
+            ModelCardError: a model is invalid, or the backend cannot serve this set.
             RankServeError: the backend failed to start.
         """
-        counts: dict[str, int] = {}
-        for m in models:
-            counts[m.name] = counts.get(m.name, 0) + 1
-        several = {name for name, n in counts.items() if n > 1}
-        if several and settings.backend == "triton":
-            raise ModelCardError(f"several versions of {sorted(several)} at once need the "
-                                 f"embedded backend; Triton serves its own version_policy",
-                                 field="version")
-        keys = [backend_key(m, m.name in several) for m in models]
-        backend = factory(settings, {key: m.onnx_path for key, m in zip(keys, models,
-                                                                        strict=True)})
+        keyed = model_keys(models)
+        backend = factory(settings, keyed)
         await backend.start()
         served: list[Served] = []
         try:
             slots = Slots(backend.instances)
-            for key, model in zip(keys, models, strict=True):
+            for key, model in keyed.items():
+                layout = layout_for(model)
                 ranker = (Ranker.from_model(model, model.card) if model.card is not None
-                          and isinstance(model.layout(), CandidateLayout) else None)
+                          and isinstance(layout, CandidateLayout) else None)
                 mbs = model.max_batch_size or settings.batch_rows
                 policy = BatchPolicy(batch_rows=min(settings.batch_rows, mbs),
                                      chunk_rows=min(settings.chunk_rows, mbs),
                                      max_wait_s=settings.max_wait_ms / 1e3,
                                      max_queue_rows=settings.max_queue_rows,
                                      batching=settings.batching)
-                batcher = Batcher(backend, key, model.layout(), policy, metrics, slots)
+                batcher = Batcher(backend, key, layout, policy, metrics, slots)
                 await _warm_up(backend, batcher, model)
                 await batcher.start()
                 served.append(Served(model, ranker, batcher))
@@ -183,7 +166,7 @@ async def _warm_up_runs(backend: Backend, batcher: Batcher, model: ServedModel) 
         for t in model.inputs:
             n = 1 if t.name in layout.shared else rows
             shape = [n if axis == 0 and d < 0 else max(d, 1) for axis, d in enumerate(t.shape)]
-            inputs[t.name] = np.zeros(shape, dtype=t.dtype)
+            inputs[t.name] = np.zeros(shape, dtype=t.numpy_dtype)
         loop = asyncio.get_running_loop()
         for repeat in range(2):
             started = loop.time()

@@ -19,8 +19,8 @@ import logging
 import numpy as np
 
 from serving.errors import RankServeError
-from serving.gateway.ranker import Ranker, RankRequest
 from serving.ranking.features import PROBS
+from serving.ranking.ranker import Ranker, RankRequest
 from serving.ranking.value import ValueModel, top_k
 from serving.rollout.generation import Generation, Served
 from serving.settings import Settings

@@ -22,8 +22,9 @@ import onnxruntime as ort
 import torch
 
 from serving.ranking.features import MODEL_INPUTS, PROBS, USER_INPUTS
-from serving.repository.card import CARD_FILE, ONNX_FILE, ModelCard, TensorSpec, sha256_of
+from serving.repository.card import CARD_FILE, ONNX_FILE, ModelCard, sha256_of
 from serving.repository.config import write_config
+from serving.repository.tensors import TensorSpec, wire_of_numpy
 from serving.train.baseline import BASELINE_FILE
 from serving.train.data import TEST_DAYS, Log, group_requests, load_log
 from serving.train.dataset import EncodedSplit
@@ -39,12 +40,9 @@ PARITY_TOLERANCE = 1e-5
 VALUE_WEIGHTS = {"click": 1.0, "long_view": 1.0, "like": 2.0, "follow": 4.0, "comment": 3.0,
                  "forward": 4.0, "profile_enter": 1.0}
 
-_ONNX_DTYPES = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
-
-
 def tensor_specs(sample: Mapping[str, np.ndarray]) -> list[TensorSpec]:
     """Input specs in contract order, leading dimension dynamic (-1)."""
-    return [TensorSpec(name, _ONNX_DTYPES[sample[name].dtype], [-1, *sample[name].shape[1:]])
+    return [TensorSpec(name, wire_of_numpy(sample[name].dtype), (-1, *sample[name].shape[1:]))
             for name in MODEL_INPUTS]
 
 
@@ -134,7 +132,7 @@ def export_repository(run_dir: Path, repository: Path, log: Log,
     tasks = list(saved["tasks"])
     card = ModelCard(
         name=name, version=version, tasks=tasks, inputs=tensor_specs(sample),
-        outputs=[TensorSpec(PROBS, "FP32", [-1, len(tasks)])],
+        outputs=[TensorSpec(PROBS, "FP32", (-1, len(tasks)))],
         features=encoder.to_card(), value_weights={t: VALUE_WEIGHTS.get(t, 1.0) for t in tasks},
         opset=opset, onnx_sha256=sha256_of(onnx_path), training=saved["training"],
         metrics={"test": saved["metrics"], **_extra_metrics(run_dir)}, parity=parity)

@@ -376,7 +376,7 @@ async def test_a_wave_of_cancellations_does_not_pin_tensors_in_the_queue(
         task.cancel()
     await asyncio.sleep(0.01)
     assert batcher.queued_rows == 3
-    assert len(batcher._heap) < 100  # compacted, not 200 dead chunks waiting to surface
+    assert len(batcher._queue) < 100  # compacted, not 200 dead chunks waiting to surface
     ort_backend.gate.set()
     await first
     np.testing.assert_array_equal((await stays).outputs["y"], expected(kept))

@@ -123,6 +123,8 @@ async def test_admin_requests_are_validated(rollout_gateway: GatewayFactory, ver
         (f"/admin/models/{MODEL}/load", {"version": 7}, 404, "version"),
         (f"/admin/models/{MODEL}/load", {"version": 0}, 400, "version"),
         (f"/admin/models/{MODEL}/load", {"version": True}, 400, "version"),
+        (f"/admin/models/{MODEL}/load", {"version": "\u00b2"}, 400, "version"),
+        (f"/admin/models/{MODEL}/load", {"version": "1"}, 200, None),
         (f"/admin/models/{MODEL}/load", {}, 400, "version"),
         (f"/admin/models/{MODEL}/load", [1], 400, "body"),
         (f"/admin/models/{MODEL}/unload", {"version": 5}, 404, "version"),

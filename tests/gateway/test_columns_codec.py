@@ -9,9 +9,10 @@ import orjson
 import pytest
 
 from serving.errors import BadRequest
-from serving.gateway import columns_codec
-from serving.ranking.features import DictColumn, FeatureEncoder
+from serving.ranking.features import FeatureEncoder
 from serving.repository.card import ModelCard
+from serving.wire import columns as columns_codec
+from serving.wire.columns import DictColumn
 from tests.gateway.conftest import RANKER
 
 

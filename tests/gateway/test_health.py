@@ -5,8 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 
+from serving.errors import Unavailable
+from serving.gateway.dataplane import DataPlane
 from serving.gateway.keys import DATA_PLANE
+from serving.ranking.ranker import RankRequest
+from serving.settings import Settings
+from serving.telemetry.metrics import Metrics
 from tests.gateway.conftest import GatewayFactory
 
 
@@ -31,3 +37,12 @@ async def test_health_readiness_and_metrics(start_gateway: GatewayFactory,
     assert refused.status == 503
     assert (await refused.json())["error"]["code"] == "unavailable"
     assert (await gateway.client.get("/healthz")).status == 200  # alive while draining
+
+
+def test_before_models_load_v2_is_unavailable_like_v1() -> None:
+    # /v1/rank answered 503 (retry) while /v2 answered 404 (give up) for the same state.
+    plane = DataPlane(Settings(), Metrics())
+    with pytest.raises(Unavailable):
+        plane.model("feed_ranker")
+    with pytest.raises(Unavailable):
+        plane._route(RankRequest(user={"user_id": 1}, candidates={}, n=0))

@@ -149,6 +149,9 @@ async def test_generic_models_and_dynamic_batching(start_gateway: GatewayFactory
 @pytest.mark.parametrize(("path", "body", "status", "field"), [
     ("/v2/models/nope/infer", {"inputs": []}, 404, "model"),
     ("/v2/models/affine/versions/7/infer", {"inputs": []}, 404, "version"),
+    # Digits to str.isdigit() but not to int(): once a 500.
+    ("/v2/models/affine/versions/\u00b2/infer", {"inputs": []}, 404, "version"),
+    ("/v2/models/affine/versions/\u0661/infer", {"inputs": []}, 404, "version"),
     ("/v2/models/affine/infer", {"inputs": []}, 400, "inputs"),
     ("/v2/models/affine/infer", {"inputs": [{"name": "z", "datatype": "FP32", "shape": [1, 3],
                                              "data": [1, 2, 3]}]}, 400, "inputs.z"),

@@ -6,14 +6,15 @@ from pathlib import Path
 
 from aiohttp.test_utils import TestServer
 
-from loadtests.bench_report import hot_frames
-from loadtests.loadgen import Body, closed_loop, open_loop, sink_app
+from loadtests.bank import Shot
+from loadtests.bench.report import hot_frames
+from loadtests.loadgen import ceiling_rps, open_loop, sink_app
 
 
 async def test_open_loop_sends_on_schedule_and_counts_every_answer() -> None:
     async with TestServer(sink_app(2000), host="127.0.0.1") as server:
         url = str(server.make_url("/v1/rank"))
-        bodies = [Body(b"x" * 100, 7), Body(b"y" * 50, 3)]
+        bodies = [Shot(b"x" * 100, 7), Shot(b"y" * 50, 3)]
         point = await open_loop(url, bodies, "application/octet-stream", rate=100.0,
                                 seconds=1.0, warmup_s=0.2)
         assert point.sent == 100
@@ -24,13 +25,13 @@ async def test_open_loop_sends_on_schedule_and_counts_every_answer() -> None:
         assert point.p99_ms is not None
         assert point.p50_ms <= point.p99_ms
         assert point.within(p99_ms=1e9, max_error_rate=0.0)
-        assert await closed_loop(url, bodies, "application/octet-stream", 4, 0.3) > 0
+        assert await ceiling_rps(url, bodies, "application/octet-stream", 4, 0.3) > 0
 
 
 async def test_open_loop_reports_unanswered_requests_as_errors() -> None:
     async with TestServer(sink_app(), host="127.0.0.1") as server:
         url = str(server.make_url("/nowhere"))
-        point = await open_loop(url, [Body(b"x", 1)], "text/plain", rate=20.0, seconds=0.5,
+        point = await open_loop(url, [Shot(b"x", 1)], "text/plain", rate=20.0, seconds=0.5,
                                 warmup_s=0.0)
         assert point.ok == 0
         assert point.statuses == {"404": point.sent}

@@ -19,7 +19,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     results = tmp_path_factory.mktemp("loadtest")
     done = subprocess.run(
-        [sys.executable, "-m", "loadtests.run", "--shape", "constant", "--rate", "4",
+        [sys.executable, "-m", "loadtests.locust.run", "--shape", "constant", "--rate", "4",
          "--duration", "8", "--workers", "1", "--encoding", "binary",
          "--candidates-median", "100", "--candidates-max", "300", "--bank-size", "16",
          "--users", "100", "--budget-ms", "2000", "--results", str(results), "--quiet"],
@@ -66,7 +66,8 @@ def test_worker_samples_reach_the_master(run_folder: Path) -> None:
 
 def test_report_can_be_rebuilt_from_the_run_folder(run_folder: Path) -> None:
     (run_folder / "summary.json").unlink()
-    done = subprocess.run([sys.executable, "-m", "loadtests.run", "--report", str(run_folder)],
+    done = subprocess.run([sys.executable, "-m", "loadtests.locust.run", "--report",
+                           str(run_folder)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads((run_folder / "summary.json").read_text())["totals"]["requests"] > 0

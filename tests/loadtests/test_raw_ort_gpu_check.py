@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from loadtests import raw_ort
+from loadtests.bench import raw_ort
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,8 +24,9 @@ def test_raw_ort_measures_batches_shaped_like_the_batcher_without_data() -> None
 
 def test_gpu_check_script_degrades_cleanly_without_a_gpu(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}
-    done = subprocess.run([str(ROOT / "loadtests" / "gpu_check.sh"), str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, env=env, check=False)
+    done = subprocess.run([str(ROOT / "loadtests" / "bench" / "gpu_check.sh"), str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, env=env,
+                          check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert "CPUExecutionProvider" in result["providers"]["available"]

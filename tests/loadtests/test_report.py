@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from loadtests.report import Slo, find_knee, phase_result, summarise, to_markdown
-from loadtests.shapes import step
+from loadtests.locust.report import Slo, find_knee, phase_result, summarise, to_markdown
+from loadtests.locust.shapes import step
 
 
 def _samples(t0: float, phases: list[tuple[float, float, float, int, int]]) -> pd.DataFrame:

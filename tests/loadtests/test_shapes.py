@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loadtests.shapes import Schedule, constant, spike, step
+from loadtests.locust.shapes import Schedule, constant, spike, step
 
 
 def test_constant_holds_one_rate_then_drains_then_ends() -> None:

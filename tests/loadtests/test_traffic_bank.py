@@ -10,8 +10,8 @@ import pytest
 
 from loadtests.bank import ENCODINGS, Bank, Shot, check_response
 from loadtests.traffic import CandidateCounts, HeldOutTraffic
-from serving.gateway import columns_codec
 from serving.train.data import TEST_DAYS
+from serving.wire import columns as columns_codec
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from serving.client import encode_request
 from serving.gateway import v2_codec
-from serving.gateway.columns_codec import CONTENT_TYPE as COLUMNS
+from serving.wire.columns import CONTENT_TYPE as COLUMNS
 from tests.reliability.live_gateway import LiveGateway, live_gateway
 
 EXAMPLES = {"v1_mutated": 1500, "v1_structure": 700, "v1_binary": 800, "v2_json": 800,
@@ -221,7 +221,7 @@ DATATYPES = st.sampled_from(["INT64", "FP32", "INT32", "FP64", "BOOL", "BYTES", 
 def model_inputs(gateway: LiveGateway) -> list[dict[str, Any]]:
     from serving.gateway.keys import DATA_PLANE
     model = gateway.app[DATA_PLANE].model("feed_ranker")
-    return [t.to_dict() for t in model.inputs]
+    return [t.to_metadata() for t in model.inputs]
 
 
 @st.composite

@@ -1,6 +1,6 @@
 """Overload: a real ``rankserve serve`` process at three times its measured capacity.
 
-A shorter run of ``loadtests/overload_report.py`` (the full report runs 30 s): the gateway
+A shorter run of ``loadtests/experiments/overload.py`` (the full report runs 30 s): the gateway
 must not crash, must answer every request (200, or the excess shed with 429 and
 Retry-After; a 504 only for the few admitted requests whose batch ran late: at most 5%,
 typically well under 1%, more when other work shares the machine), must keep
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from loadtests.bank import Bank
-from loadtests.overload_report import ACCEPTED_P99_FACTOR, run
+from loadtests.experiments.overload import ACCEPTED_P99_FACTOR, run
 from loadtests.traffic import CandidateCounts, HeldOutTraffic
 
 BUDGET_MS = 50.0

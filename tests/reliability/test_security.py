@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from serving.gateway import middleware
+from serving.gateway import rules
 from tests.reliability.live_gateway import PROJECT, LiveGateway, live_gateway
 
 TOKEN = "s3cret-token"
@@ -41,13 +41,13 @@ def auth(token: str | bytes) -> dict[str, str | bytes]:
 def test_bearer_token_guards_v1_and_v2_only(gateway: LiveGateway, body: bytes,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     compared: list[tuple[bytes, bytes]] = []
-    real = middleware.compare_digest
+    real = rules.compare_digest
 
     def spy(a: bytes, b: bytes) -> bool:
         compared.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(middleware, "compare_digest", spy)
+    monkeypatch.setattr(rules, "compare_digest", spy)
     wrong: list[str | bytes] = ["", "Bearer", "Bearer ", f"Bearer {TOKEN[:-1]}",
                                 f"Bearer {TOKEN}x", f"bearer {TOKEN}", TOKEN,
                                 f"Basic {TOKEN}", b"Bearer \xff\xfe", "Bearer s3cr\u00e9t"]
@@ -180,7 +180,7 @@ REQUEST_PATH = ["gateway", "batching", "backends", "ranking", "repository", "tel
                 "rollout", "client.py", "errors.py", "settings.py"]
 FORBIDDEN_MODULES = {"pickle", "cPickle", "dill", "marshal", "shelve", "cloudpickle", "joblib"}
 FORBIDDEN_CALLS = {"eval", "exec", "compile", "__import__"}
-SUBPROCESS_ALLOWED = {"backends/triton_local.py"}  # starts a local tritonserver (a CLI)
+SUBPROCESS_ALLOWED = {"localtriton/server.py"}  # starts a local tritonserver (a CLI)
 
 
 def request_path_files() -> list[Path]:

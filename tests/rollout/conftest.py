@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from loadtests.rollout_report import MODEL, add_version, build_versions, make_repository
+from loadtests.experiments.rollout import MODEL, add_version, build_versions, make_repository
 from serving.backends.base import Backend, BackendOutput
 from serving.backends.factory import build_backend
 from serving.gateway.app import create_app

@@ -14,7 +14,7 @@ from google.protobuf import text_format
 from pydantic import ValidationError
 from tritonclient.grpc import model_config_pb2 as mc
 
-from serving.rollout.controller import policy_versions
+from serving.repository.versions import policy_versions
 from serving.rollout.routing import Split, unit_hash
 from serving.settings import Settings
 from tests.gateway.conftest import REPOSITORY

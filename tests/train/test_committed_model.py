@@ -30,7 +30,7 @@ def test_card_matches_the_committed_onnx_file(card: ModelCard) -> None:
     assert card.tasks == list(TASKS)
     assert [t.name for t in card.inputs] == list(MODEL_INPUTS)
     assert all(t.shape[0] == -1 for t in card.inputs)
-    assert card.outputs[0].shape == [-1, len(TASKS)]
+    assert card.outputs[0].shape == (-1, len(TASKS))
 
 
 def test_card_reports_metrics_baseline_and_parity(card: ModelCard) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.backends.triton_local import SHM_DIR, LocalTriton
+from serving.localtriton.server import SHM_DIR, LocalTriton
 from tests.triton.toy_repository import write_toy_repository
 
 RUN_ID = uuid.uuid4().hex[:8]

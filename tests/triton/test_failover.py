@@ -20,9 +20,9 @@ from serving.backends.circuit_breaker import BreakerState, CircuitBreaker
 from serving.backends.failover import FailoverBackend
 from serving.backends.onnx_runtime import OnnxRuntimeBackend
 from serving.backends.triton import TritonBackend
-from serving.backends.triton_local import LocalTriton, free_port
-from serving.backends.triton_signature import find_cards
 from serving.errors import DeadlineExceeded, RankServeError, Unavailable
+from serving.localtriton.server import LocalTriton, free_port
+from serving.repository.served import served_cards
 from tests.triton.conftest import SHM_PREFIX, start_triton
 from tests.triton.toy_repository import random_batch
 
@@ -53,7 +53,7 @@ def chaos_triton(toy_repository: Path) -> Iterator[LocalTriton]:
 
 def make_backend(url: str, repository: Path, *, fallback: bool, shared_memory: bool = False,
                  breaker: CircuitBreaker | None = None) -> FailoverBackend:
-    triton = TritonBackend(url, find_cards(repository), ready_model=MODEL, instances=2,
+    triton = TritonBackend(url, served_cards(repository), ready_model=MODEL, instances=2,
                            shared_memory=shared_memory, shm_prefix=SHM_PREFIX,
                            breaker=breaker or CircuitBreaker(3, 0.5), poll_interval_s=0.2)
     embedded = OnnxRuntimeBackend({MODEL: repository / MODEL / "1" / "model.onnx"},

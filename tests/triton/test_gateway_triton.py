@@ -22,9 +22,9 @@ import pytest
 from serving.backends.circuit_breaker import BreakerState
 from serving.backends.failover import FailoverBackend
 from serving.backends.triton import TritonBackend
-from serving.backends.triton_local import LocalTriton
 from serving.errors import ModelCardError
 from serving.gateway.keys import DATA_PLANE
+from serving.localtriton.server import LocalTriton
 from serving.repository.card import CARD_FILE, ModelCard
 from serving.settings import Settings
 from tests.triton.conftest import start_triton

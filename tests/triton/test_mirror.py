@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.backends.triton_mirror import build_mirror
 from serving.errors import ModelCardError
+from serving.localtriton.mirror import build_mirror
 from serving.repository.config import parse_config
 
 

@@ -15,10 +15,10 @@ from tritonclient.grpc.aio import InferenceServerClient
 from serving.backends import shared_memory
 from serving.backends.circuit_breaker import BreakerState, CircuitBreaker
 from serving.backends.triton import TritonBackend
-from serving.backends.triton_local import SHM_DIR, LocalTriton
-from serving.backends.triton_signature import find_cards
 from serving.errors import BadRequest, ModelCardError
-from serving.repository.card import TensorSpec
+from serving.localtriton.server import SHM_DIR, LocalTriton
+from serving.repository.served import served_cards
+from serving.repository.tensors import TensorSpec
 from tests.triton.conftest import SHM_PREFIX
 from tests.triton.toy_repository import random_batch
 
@@ -43,7 +43,7 @@ def reference(toy_repository: Path) -> ort.InferenceSession:
 @pytest.fixture(params=[False, True], ids=["grpc", "shared_memory"])
 async def backend(request: pytest.FixtureRequest, triton: LocalTriton,
                   toy_repository: Path) -> AsyncIterator[TritonBackend]:
-    backend = TritonBackend(triton.grpc_url, find_cards(toy_repository), ready_model=MODEL,
+    backend = TritonBackend(triton.grpc_url, served_cards(toy_repository), ready_model=MODEL,
                             instances=2, shared_memory=request.param, shm_prefix=SHM_PREFIX)
     await backend.start()
     try:
@@ -65,7 +65,7 @@ async def test_scores_equal_onnx_runtime_under_100_concurrent_mixed_batches(
 
 async def test_shared_memory_regions_are_registered_once_and_reused(
         triton: LocalTriton, toy_repository: Path, reference: ort.InferenceSession) -> None:
-    backend = TritonBackend(triton.grpc_url, find_cards(toy_repository), ready_model=MODEL,
+    backend = TritonBackend(triton.grpc_url, served_cards(toy_repository), ready_model=MODEL,
                             instances=2, shared_memory=True, shm_prefix=SHM_PREFIX)
     await backend.start()
     pool = backend.pool
@@ -96,7 +96,7 @@ async def test_refused_registration_falls_back_to_plain_grpc(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # As when Triton runs on another host: the key it is given does not exist on its side.
     monkeypatch.setattr(shared_memory.Region, "key", property(lambda r: f"/{r.name}-elsewhere"))
-    backend = TritonBackend(triton.grpc_url, find_cards(toy_repository), ready_model=MODEL,
+    backend = TritonBackend(triton.grpc_url, served_cards(toy_repository), ready_model=MODEL,
                             shared_memory=True, shm_prefix=SHM_PREFIX)
     await backend.start()
     try:
@@ -114,7 +114,7 @@ async def test_refused_registration_falls_back_to_plain_grpc(
 
 async def test_card_mismatch_refuses_to_start_and_says_why(
         triton: LocalTriton, toy_repository: Path) -> None:
-    card = find_cards(toy_repository)[MODEL]
+    card = served_cards(toy_repository)[MODEL]
     inputs = [TensorSpec(t.name, "FP64", t.shape) if t.name == "item_num" else t
               for t in card.inputs]
     wrong = dataclasses.replace(card, inputs=inputs)
@@ -137,7 +137,7 @@ async def test_an_input_the_model_lacks_is_a_bad_request(backend: TritonBackend)
 
 async def test_an_idle_open_breaker_is_closed_by_the_readiness_poll(
         triton: LocalTriton, toy_repository: Path) -> None:
-    backend = TritonBackend(triton.grpc_url, find_cards(toy_repository), ready_model=MODEL,
+    backend = TritonBackend(triton.grpc_url, served_cards(toy_repository), ready_model=MODEL,
                             breaker=CircuitBreaker(failures=1, reset_s=0.2),
                             poll_interval_s=0.05)
     await backend.start()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import tritonclient.grpc as grpcclient
 
-from serving.backends.triton_local import SHM_DIR, free_port
+from serving.localtriton.server import SHM_DIR, free_port
 
 pytestmark = pytest.mark.triton
 

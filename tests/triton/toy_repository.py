@@ -15,7 +15,8 @@ from google.protobuf import text_format
 from onnx import TensorProto, helper, numpy_helper
 from tritonclient.grpc import model_config_pb2
 
-from serving.repository.card import ModelCard, TensorSpec, sha256_of
+from serving.repository.card import ModelCard, sha256_of
+from serving.repository.tensors import TensorSpec
 
 TASKS = ["click", "long_view", "like"]
 INPUTS: dict[str, tuple[str, list[int]]] = {

@@ -15,7 +15,7 @@ feature encoder from ids in the model card's vocabularies. Without ``--triton-ur
 script starts the local ``tritonserver`` (``rankserve triton``, python-backend mirror on
 CPU) and stops it at the end; on a GPU node point it at the real Triton.
 
-    python -m loadtests.bench_triton --seconds 5 --json loadtests/results/triton.json
+    python -m loadtests.bench.triton_hop --seconds 5 --json loadtests/results/triton.json
 """
 
 from __future__ import annotations
@@ -34,14 +34,15 @@ from tritonclient.grpc import InferInput
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import np_to_triton_dtype
 
-from loadtests.raw_ort import encode_batch, model_dir, synthetic_requests
+from loadtests.bench.raw_ort import encode_batch, model_dir, synthetic_requests
+from loadtests.loadgen import closed_loop
 from serving.backends.base import Backend
 from serving.backends.onnx_runtime import OnnxRuntimeBackend
 from serving.backends.triton import TritonBackend
-from serving.backends.triton_local import LocalTriton
-from serving.backends.triton_signature import find_cards
+from serving.localtriton.server import LocalTriton
 from serving.ranking.features import ITEM_TO_USER, FeatureEncoder
 from serving.repository.card import CARD_FILE, ONNX_FILE, ModelCard
+from serving.repository.served import served_cards
 
 Call = Callable[[], Awaitable[Any]]
 TIMEOUT_S = 10.0
@@ -49,20 +50,16 @@ TIMEOUT_S = 10.0
 
 async def timed_calls(call: Call, seconds: float, concurrency: int
                       ) -> tuple[list[float], float, float]:
-    """Run ``call`` back to back from ``concurrency`` callers for about ``seconds``; returns
-    each call's latency, the wall time and this process's CPU time (all threads)."""
-    times: list[float] = []
-    loop = asyncio.get_running_loop()
-    until = loop.time() + seconds
-
-    async def caller() -> None:
-        while loop.time() < until:
-            start = time.perf_counter()
-            await call()
-            times.append(time.perf_counter() - start)
+    """Run ``call`` back to back from ``concurrency`` callers for about ``seconds`` (a
+    closed loop); returns each call's latency, the wall time and this process's CPU time
+    (all threads)."""
+    async def timed(_: int) -> float:
+        start = time.perf_counter()
+        await call()
+        return time.perf_counter() - start
 
     start, cpu = time.perf_counter(), time.process_time()
-    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    times = await closed_loop(timed, concurrency, seconds=seconds)
     return times, time.perf_counter() - start, time.process_time() - cpu
 
 
@@ -127,7 +124,7 @@ async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
     encoder = FeatureEncoder.from_card(card.features)
     batch = encode_batch(encoder, synthetic_requests(encoder, args.requests, args.candidates))
     rows = len(batch[ITEM_TO_USER])
-    cards = find_cards(args.model_repository)
+    cards = served_cards(args.model_repository)
     embedded = OnnxRuntimeBackend({args.model: folder / ONNX_FILE},
                                   instances=args.concurrency)
     backends = {name: TritonBackend(url, cards, ready_model=args.model,
@@ -170,7 +167,7 @@ def table(result: Mapping[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_triton",
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench.triton_hop",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))

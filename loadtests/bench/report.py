@@ -1,9 +1,9 @@
 """The benchmark's result: one JSON document and a markdown table, plus py-spy digestion.
 
-Kept apart from :mod:`loadtests.bench` (which drives processes and load) so the figures'
-definitions sit in one small place: ratios are the *median* over repeats of the rows/s
-sustained within the p99 bound, divided by raw ONNX Runtime's best rows/s for the same
-request size on the same core.
+Kept apart from the benchmark's driver (``loadtests/bench/__main__.py``, which runs the
+processes and the load) so the figures' definitions sit in one small place: ratios are the
+*median* over repeats of the rows/s sustained within the p99 bound, divided by raw ONNX
+Runtime's best rows/s for the same request size on the same core.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def assemble(started: dt.datetime, args: argparse.Namespace, raw: dict[int, dict
              profile: list[str] | None, triton_hop: dict[str, Any] | None = None
              ) -> dict[str, Any]:
     """The result document; ``configs`` maps a name to (Config, sweeps, best point per
-    sweep); ``triton_hop`` is ``loadtests/bench_triton.py``'s result."""
+    sweep); ``triton_hop`` is ``loadtests/bench/triton_hop.py``'s result."""
     rows = []
     for name, (config, sweeps, best) in configs.items():
         per_repeat = [p.rows_per_s if p else 0.0 for p in best]
@@ -148,12 +148,13 @@ def _ms(value: float | None) -> str:
 
 
 def _triton_lines(hop: dict[str, Any] | None) -> list[str]:
-    """The Triton hop section from ``loadtests/bench_triton.py``'s result."""
+    """The Triton hop section from ``loadtests/bench/triton_hop.py``'s result."""
     if not hop:
         return []
     if "failed" in hop:
-        return ["", "## Triton hop", "", "bench_triton failed: " + hop["failed"][-300:]]
-    lines = ["", "## Triton hop (backend level, closed loop; loadtests/bench_triton.py)", "",
+        return ["", "## Triton hop", "", "triton_hop failed: " + hop["failed"][-300:]]
+    lines = ["", "## Triton hop (backend level, closed loop; loadtests/bench/triton_hop.py)",
+             "",
              f"{hop['rows_per_batch']} rows per batch, {hop['concurrency']} in flight, "
              f"Triton: {hop['triton']}.", "",
              "| mode | p50 ms | p99 ms | rows/s |", "|---|---:|---:|---:|"]

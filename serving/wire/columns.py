@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 
 from serving.errors import BadRequest
-from serving.ranking.features import DictColumn
 
 CONTENT_TYPE = "application/x-rankserve-columns"
 MAGIC = b"RSC1"
@@ -36,6 +37,19 @@ DTYPES: dict[str, np.dtype[Any]] = {"i4": np.dtype("<i4"), "i8": np.dtype("<i8")
                                     "dict": np.dtype("<i4")}
 _NUMPY_KINDS = {np.dtype(np.int32): "i4", np.dtype(np.int64): "i8",
                 np.dtype(np.float32): "f4", np.dtype(np.float64): "f8"}
+
+
+@dataclass(frozen=True)
+class DictColumn:
+    """A dictionary-encoded string column: row ``i`` is ``values[codes[i]]``, code -1 is
+    missing. The binary request encoding carries strings this way, so a vocabulary lookup
+    runs once per distinct value instead of once per row."""
+
+    values: Sequence[str]
+    codes: npt.NDArray[np.int32]
+
+    def __len__(self) -> int:
+        return len(self.codes)
 
 
 def _align(offset: int) -> int:

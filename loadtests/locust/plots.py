@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from loadtests.shapes import Schedule
+from loadtests.locust.shapes import Schedule
 
 
 def latency_vs_load(folder: Path, summary: dict[str, Any]) -> str:

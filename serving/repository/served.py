@@ -1,11 +1,9 @@
-"""The served models: what a Triton-layout repository holds, as the gateway needs it.
+"""A served model: what one version of a Triton-layout repository model is.
 
 Each model directory with a ``config.pbtxt`` and numbered version folders holding an ONNX
-file is served at the versions its ``version_policy`` selects (:mod:`serving.rollout`).
+file is served at the versions its ``version_policy`` selects (:func:`policy_selection`).
 A model card beside the ONNX file makes the model rankable (``/v1/rank``). The tensor
-signature comes from ``config.pbtxt``, as in Triton, and decides how requests batch: the
-ranker's per-request/per-candidate layout, a ``max_batch_size > 0`` model's row-wise
-layout, or no merging at all.
+signature comes from ``config.pbtxt``, as in Triton.
 """
 
 from __future__ import annotations
@@ -13,43 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
-from serving.batching.layout import CandidateLayout, Layout, WholeLayout
 from serving.errors import ModelCardError
-from serving.ranking.features import ITEM_INPUTS, ITEM_TO_USER, MODEL_INPUTS, USER_INPUTS
 from serving.repository.card import CARD_FILE, ONNX_FILE, ModelCard
 from serving.repository.config import CONFIG_FILE, parse_config
-
-# Triton config dtype -> (KServe wire name, numpy dtype). BYTES/strings are not served.
-DTYPES: dict[int, tuple[str, np.dtype[np.generic]]] = {
-    mc.TYPE_BOOL: ("BOOL", np.dtype(np.bool_)),
-    mc.TYPE_UINT8: ("UINT8", np.dtype(np.uint8)),
-    mc.TYPE_UINT16: ("UINT16", np.dtype(np.uint16)),
-    mc.TYPE_UINT32: ("UINT32", np.dtype(np.uint32)),
-    mc.TYPE_UINT64: ("UINT64", np.dtype(np.uint64)),
-    mc.TYPE_INT8: ("INT8", np.dtype(np.int8)),
-    mc.TYPE_INT16: ("INT16", np.dtype(np.int16)),
-    mc.TYPE_INT32: ("INT32", np.dtype(np.int32)),
-    mc.TYPE_INT64: ("INT64", np.dtype(np.int64)),
-    mc.TYPE_FP16: ("FP16", np.dtype(np.float16)),
-    mc.TYPE_FP32: ("FP32", np.dtype(np.float32)),
-    mc.TYPE_FP64: ("FP64", np.dtype(np.float64)),
-}
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """One input or output as clients see it: shape includes the batch dim when batched."""
-
-    name: str
-    datatype: str
-    dtype: np.dtype[np.generic]
-    shape: tuple[int, ...]
-
-    def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+from serving.repository.tensors import BY_CONFIG, TensorSpec
+from serving.repository.versions import policy_versions, servable_model_dirs, versions_on_disk
 
 
 @dataclass(frozen=True)
@@ -58,36 +26,35 @@ class ServedModel:
     version: int
     onnx_path: Path
     config: mc.ModelConfig
-    inputs: tuple[TensorInfo, ...]
-    outputs: tuple[TensorInfo, ...]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
     card: ModelCard | None
 
     @property
     def max_batch_size(self) -> int:
         return int(self.config.max_batch_size)
 
-    def layout(self) -> Layout:
-        """How this model's requests merge into batches (see the module docstring)."""
-        names = {t.name for t in self.inputs}
-        if self.max_batch_size > 0:
-            return CandidateLayout((), tuple(t.name for t in self.inputs))
-        if names == set(MODEL_INPUTS):
-            return CandidateLayout(USER_INPUTS, (*ITEM_INPUTS,), ITEM_TO_USER)
-        return WholeLayout()
+    def input_names(self) -> frozenset[str]:
+        return frozenset(t.name for t in self.inputs)
 
 
 def _tensors(entries: list[mc.ModelInput] | list[mc.ModelOutput], batched: bool,
-             where: str) -> tuple[TensorInfo, ...]:
+             where: str) -> tuple[TensorSpec, ...]:
     out = []
     for entry in entries:
-        if entry.data_type not in DTYPES:
+        dtype = BY_CONFIG.get(entry.data_type)
+        if dtype is None:
             raise ModelCardError(f"{where}: tensor '{entry.name}' has a datatype the gateway "
                                  f"does not serve ({mc.DataType.Name(entry.data_type)})",
                                  field=entry.name)
-        wire, dtype = DTYPES[entry.data_type]
         dims = tuple(int(d) for d in entry.dims)
-        out.append(TensorInfo(entry.name, wire, dtype, (-1, *dims) if batched else dims))
+        out.append(TensorSpec(entry.name, dtype.wire, (-1, *dims) if batched else dims))
     return tuple(out)
+
+
+def model_file(config: mc.ModelConfig) -> str:
+    """The model file's name inside a version folder."""
+    return config.default_model_filename or ONNX_FILE
 
 
 def model_versions(model_dir: Path) -> tuple[mc.ModelConfig, list[int]]:
@@ -101,13 +68,31 @@ def model_versions(model_dir: Path) -> tuple[mc.ModelConfig, list[int]]:
     if config.name and config.name != model_dir.name:
         raise ModelCardError(f"{model_dir}: config name '{config.name}' differs from the "
                              f"directory name", field="name")
-    filename = config.default_model_filename or ONNX_FILE
-    versions = sorted(int(p.name) for p in model_dir.iterdir()
-                      if p.is_dir() and p.name.isdigit() and (p / filename).is_file())
+    filename = model_file(config)
+    versions = versions_on_disk(model_dir, filename)
     if not versions:
         raise ModelCardError(f"{model_dir}: no version folder holds {filename}",
                              field=str(model_dir))
     return config, versions
+
+
+def policy_selection(repository: Path) -> dict[str, list[int]]:
+    """Per model of ``repository``, the versions its ``version_policy`` serves.
+
+    Raises:
+        ModelCardError: the repository is missing or holds no model, or a model is invalid.
+    """
+    if not repository.is_dir():
+        raise ModelCardError(f"model repository not found: {repository}",
+                             field="model_repository")
+    selection = {}
+    for model_dir in servable_model_dirs(repository):
+        config, on_disk = model_versions(model_dir)
+        selection[model_dir.name] = policy_versions(config, on_disk)
+    if not selection:
+        raise ModelCardError(f"model repository {repository} holds no model",
+                             field="model_repository")
+    return selection
 
 
 def load_model(model_dir: Path, version: int | None = None) -> ServedModel:
@@ -126,7 +111,28 @@ def load_model(model_dir: Path, version: int | None = None) -> ServedModel:
     card_path = version_dir / CARD_FILE
     card = ModelCard.load(card_path) if card_path.is_file() else None
     batched = config.max_batch_size > 0
-    filename = config.default_model_filename or ONNX_FILE
-    return ServedModel(name, version, version_dir / filename, config,
+    return ServedModel(name, version, version_dir / model_file(config), config,
                        _tensors(list(config.input), batched, str(model_dir)),
                        _tensors(list(config.output), batched, str(model_dir)), card)
+
+
+def served_models(repository: Path) -> list[ServedModel]:
+    """Every version the repository's policies select, loaded (what a gateway started on
+    ``repository`` serves).
+
+    Raises:
+        ModelCardError: see :func:`policy_selection` and :func:`load_model`.
+    """
+    return [load_model(repository / name, version)
+            for name, versions in sorted(policy_selection(repository).items())
+            for version in versions]
+
+
+def served_cards(repository: Path) -> dict[str, ModelCard]:
+    """The model card of each model's newest served version, for models that have one
+    (what a Triton backend started on ``repository`` checks Triton's signatures against).
+
+    Raises:
+        ModelCardError: see :func:`served_models`.
+    """
+    return {m.name: m.card for m in served_models(repository) if m.card is not None}

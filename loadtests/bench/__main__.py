@@ -1,10 +1,11 @@
-"""The benchmark (``make bench``): how close the gateway gets to raw ONNX Runtime.
+"""The benchmark (``python -m loadtests.bench``, ``make bench``): how close the gateway gets
+to raw ONNX Runtime.
 
 One run on this machine, the server pinned to one core and the load generator to another
 (``taskset`` / ``sched_setaffinity``):
 
 1. raw ONNX Runtime rows/s on the server's core, one intra-op thread, at the batch sizes
-   the batcher builds (:mod:`loadtests.raw_ort`): the limit;
+   the batcher builds (:mod:`loadtests.bench.raw_ort`): the limit;
 2. the load generator's own ceiling, against a trivial sink server on the server's core;
 3. the gateway (``rankserve serve``, embedded ONNX Runtime) under open-loop load at rising
    offered rates (:mod:`loadtests.loadgen`) for 500-candidate requests in columnar JSON and
@@ -12,7 +13,7 @@ One run on this machine, the server pinned to one core and the load generator to
    off; every request carries ``X-Request-Budget-Ms`` equal to the p99 bound;
 4. where ``make triton-env`` installed the local tritonserver: the same gateway scoring
    through Triton over gRPC and over gRPC + shared memory (500 candidates, binary), and
-   ``loadtests/bench_triton.py``'s backend-level comparison (embedded, direct
+   ``loadtests/bench/triton_hop.py``'s backend-level comparison (embedded, direct
    ``tritonclient``, TritonBackend with and without shared memory): the Triton hop.
 
 Figure of merit: candidate rows/s sustained with p99 <= 25 ms (and <= 1% errors), as a
@@ -38,14 +39,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from loadtests import bench_report
+from loadtests import RESULTS
 from loadtests.bank import Bank
-from loadtests.loadgen import Body, Point, closed_loop, run_point
-from loadtests.server import GatewayError, GatewayProcess, free_port, wait_ready
+from loadtests.bench import report as bench_report
+from loadtests.loadgen import Point, ceiling_rps, run_point
+from loadtests.server import GatewayError, GatewayProcess, free_port, pinned, wait_ready
 from loadtests.traffic import CandidateCounts, HeldOutTraffic
 from serving.client import Encoding
 
-RESULTS = Path(__file__).with_name("results")
 CEILING_CONCURRENCY = 32
 MIN_REQUESTS = 20
 WARMUP_RPS, WARMUP_S = 20.0, 2.0
@@ -104,7 +105,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--triton", choices=("auto", "never"), default="auto",
                    help="also measure the gateway through a local tritonserver (auto: when "
-                        "`make triton-env` installed it) and run loadtests/bench_triton.py")
+                        "`make triton-env` installed it) and run loadtests/bench/triton_hop.py")
     p.add_argument("--only", nargs="*", default=None, metavar="TEXT",
                    help="measure only configurations whose name contains one of these")
     p.add_argument("--profile", choices=("auto", "always", "never"), default="auto",
@@ -118,7 +119,7 @@ def raw_limits(args: argparse.Namespace, folder: Path) -> dict[int, dict[str, An
     for candidates in sorted({c.candidates for c in CONFIGS}, reverse=True):
         path = folder / f"raw_ort_{candidates}.json"
         subprocess.run(["taskset", "-c", args.server_cpu, sys.executable, "-m",
-                        "loadtests.raw_ort", "--candidates", str(candidates), "--json",
+                        "loadtests.bench.raw_ort", "--candidates", str(candidates), "--json",
                         str(path), "--model-repository", str(args.model_repository),
                         *(["--data", args.data] if args.data else [])],
                        check=True, stdout=subprocess.DEVNULL, env={**os.environ,
@@ -144,7 +145,7 @@ def generator_ceiling(args: argparse.Namespace, bodies: dict[tuple[int, Encoding
         for (candidates, encoding), bank in bodies.items():
             if encoding != "binary":
                 continue
-            rps = asyncio.run(closed_loop(f"{url}/v1/rank", _bodies(bank), bank.content_type,
+            rps = asyncio.run(ceiling_rps(f"{url}/v1/rank", bank.shots, bank.content_type,
                                           CEILING_CONCURRENCY, 2.0))
             out[f"{candidates} cand binary"] = {"concurrency": CEILING_CONCURRENCY,
                                                 "ok_rps": rps}
@@ -154,10 +155,6 @@ def generator_ceiling(args: argparse.Namespace, bodies: dict[tuple[int, Encoding
     finally:
         sink.terminate()
         sink.wait(timeout=10)
-
-
-def _bodies(bank: Bank) -> list[Body]:
-    return [Body(s.body, s.rows) for s in bank.shots]
 
 
 def sweep(url: str, bank: Bank, config: Config, raw_rows_per_s: float,
@@ -170,13 +167,12 @@ def sweep(url: str, bank: Bank, config: Config, raw_rows_per_s: float,
     the bound.
     """
     top = raw_rows_per_s / config.candidates
-    bodies = _bodies(bank)
     points: list[Point] = []
     overloaded = 0
 
     def measure(rate: float) -> Point:
         seconds = max(args.seconds, MIN_REQUESTS / rate)  # a p99 needs some requests
-        point = run_point(f"{url}/v1/rank", bodies, bank.content_type, rate, seconds,
+        point = run_point(f"{url}/v1/rank", bank.shots, bank.content_type, rate, seconds,
                           budget_ms=args.p99_ms)
         points.append(point)
         print(f"  {config.name}: {rate:7.1f} req/s offered -> {point.rows_per_s:9,.0f} rows/s"
@@ -187,7 +183,7 @@ def sweep(url: str, bank: Bank, config: Config, raw_rows_per_s: float,
     # Warm-up with a generous budget: the gateway's latency model learns this request
     # size's real cost before any point is measured (a model learned only from its warm-up
     # batch on a busy machine may refuse every request of a tight budget, and never learn).
-    run_point(f"{url}/v1/rank", bodies, bank.content_type, min(WARMUP_RPS, top / 4),
+    run_point(f"{url}/v1/rank", bank.shots, bank.content_type, min(WARMUP_RPS, top / 4),
               WARMUP_S, budget_ms=1000.0)
     for fraction in FRACTIONS:
         point = measure(fraction * top)
@@ -220,7 +216,7 @@ def profile_gateway(url: str, pid: int, bank: Bank, rate: float, folder: Path) -
                             "--nonblocking"], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     time.sleep(0.5)
-    run_point(f"{url}/v1/rank", _bodies(bank), bank.content_type, rate, 5.0)
+    run_point(f"{url}/v1/rank", bank.shots, bank.content_type, rate, 5.0)
     spy.wait(timeout=60)
     return bench_report.hot_frames(out) if out.is_file() else ["py-spy wrote no profile"]
 
@@ -241,19 +237,15 @@ def local_triton(args: argparse.Namespace, folder: Path) -> Iterator[str | None]
         yield None
         return
     try:
-        from serving.backends.triton_local import LocalTriton
+        from serving.localtriton.server import LocalTriton
 
         server = LocalTriton(args.model_repository, log_path=folder / "tritonserver.log")
     except Exception as e:  # Unavailable, ImportError: the bench runs without Triton
         print(f"Triton skipped: {e}", flush=True)
         yield None
         return
-    mine = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {int(c) for c in args.server_cpu.split(",")})  # children inherit
-    try:
+    with pinned({int(c) for c in args.server_cpu.split(",")}):  # tritonserver inherits it
         server.start()
-    finally:
-        os.sched_setaffinity(0, mine)
     try:
         yield server.grpc_url
     finally:
@@ -261,15 +253,15 @@ def local_triton(args: argparse.Namespace, folder: Path) -> Iterator[str | None]
 
 
 def triton_hop(args: argparse.Namespace, folder: Path) -> dict[str, Any] | None:
-    """Issue 4's backend-level comparison (``loadtests/bench_triton.py``), if present."""
-    if args.triton == "never" or not Path(__file__).with_name("bench_triton.py").is_file():
+    """Issue 4's backend-level comparison (``loadtests/bench/triton_hop.py``)."""
+    if args.triton == "never":
         return None
     path = folder / "triton_hop.json"
-    done = subprocess.run([sys.executable, "-m", "loadtests.bench_triton", "--json", str(path),
+    done = subprocess.run([sys.executable, "-m", "loadtests.bench.triton_hop", "--json", str(path),
                            "--model-repository", str(args.model_repository)],
                           capture_output=True, text=True, check=False)
     if done.returncode != 0 or not path.is_file():
-        print(f"bench_triton failed: {done.stderr[-500:]}", flush=True)
+        print(f"triton_hop failed: {done.stderr[-500:]}", flush=True)
         return {"failed": done.stderr[-2000:]}
     print(done.stdout, flush=True)
     result: dict[str, Any] = json.loads(path.read_text())

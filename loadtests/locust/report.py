@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from loadtests.shapes import Phase, Schedule
+from loadtests.locust.shapes import Phase, Schedule
 
 
 @dataclass(frozen=True)

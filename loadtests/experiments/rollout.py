@@ -1,16 +1,18 @@
 """Rollout report: reloads under steady load, and what shadow scoring measured.
 
-``python -m loadtests.rollout_report`` (about 20 seconds):
+``python -m loadtests.experiments.rollout`` (about 20 seconds):
 
 1. builds a repository holding two genuinely different versions of the ranker
    (:func:`build_versions`: version 2 rescales the MMoE gate weights of version 1);
-2. starts a gateway in this process (embedded ONNX Runtime) with a 50/50 split between
-   the versions, version 2 shadowing version 1's users, and the admin endpoints;
-3. runs ``--clients`` closed-loop clients on real held-out requests for ``--seconds``, then
-   reloads the repository ``--reloads`` times back to back under the same load;
+2. starts a gateway process (``rankserve serve``, embedded ONNX Runtime; see
+   :mod:`loadtests.server`) with a 50/50 split between the versions, version 2 shadowing
+   version 1's users, and the admin endpoints;
+3. runs ``--clients`` closed-loop clients (:func:`loadtests.loadgen.closed_loop`) on real
+   held-out requests for ``--seconds``, then reloads the repository ``--reloads`` times
+   back to back under the same load;
 4. reports requests and statuses (every one must be 200), latency p50/p99 in the steady
    phase and during the reloads, how long a reload took, and the shadow counters (scored,
-   dropped by reason, mean score difference, top-k overlap).
+   dropped by reason, mean score difference, top-k overlap, scraped from ``/metrics``).
 
 Figures go to stdout and ``loadtests/results/rollout.json``. The tests in
 ``tests/rollout/`` use :func:`build_versions` and :func:`make_repository` for their models.
@@ -25,31 +27,37 @@ import re
 import shutil
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import onnx
 import orjson
-from aiohttp.test_utils import TestClient, TestServer
 from onnx import numpy_helper
+from prometheus_client.parser import text_string_to_metric_families
 
-from serving.gateway.app import create_app
-from serving.gateway.keys import METRICS
+from loadtests import RESULTS
+from loadtests.bank import Shot
+from loadtests.loadgen import client_session, closed_loop, post_shots
+from loadtests.server import GatewayProcess
 from serving.repository.card import CARD_FILE, ONNX_FILE, ModelCard, sha256_of
-from serving.settings import Settings
-from serving.telemetry.metrics import Metrics
 from serving.train.data import load_requests
 
-ROOT = Path(__file__).resolve().parents[1]
-REPOSITORY = ROOT / "model_repository"
+REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 MODEL = "feed_ranker"
 PERTURBED = "mmoe.gates.weight"
 """Version 2 rescales the MMoE gate weights: same inputs and outputs, different scores."""
 TOKEN = "rollout-report"
+GATEWAY_SETTINGS = {
+    "providers": "CPUExecutionProvider", "default_budget_ms": "10000",
+    "admin_enabled": "true", "admin_token": TOKEN,
+    "rollout": json.dumps({MODEL: {"1": 50, "2": 50}}), "shadow": json.dumps({MODEL: 2})}
+"""The gateway's ``RANKSERVE_*`` settings: a 50/50 split, version 2 in the shadow."""
 
 
 def build_versions(root: Path) -> Path:
@@ -96,78 +104,89 @@ def make_repository(root: Path, versions: Collection[int], versions_dir: Path,
     return repository
 
 
-def _percentiles(latencies: list[float]) -> dict[str, float]:
-    ms = np.asarray(latencies) * 1e3
+def _percentiles(latencies_ms: list[float]) -> dict[str, float]:
+    ms = np.asarray(latencies_ms)
     return {"n": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 1),
             "p99_ms": round(float(np.percentile(ms, 99)), 1),
             "max_ms": round(float(ms.max()), 1)}
 
 
-async def run(clients: int, seconds: float, reloads: int) -> dict[str, Any]:
-    """One run (see the module docstring); returns the figures."""
+def run(clients: int, seconds: float, reloads: int) -> dict[str, Any]:
+    """One run (see the module docstring); returns the figures.
+
+    Raises:
+        loadtests.server.GatewayError: the gateway did not start (with the end of its log).
+        aiohttp.ClientResponseError: a reload was refused.
+    """
     work = Path(tempfile.mkdtemp(prefix="rollout-report-"))
     try:
         repository = make_repository(work, [1, 2], build_versions(work / "versions"))
-        documents = load_requests(limit=400)
-        settings = Settings.load(None, model_repository=repository, port=0,
-                                 providers=["CPUExecutionProvider"], default_budget_ms=10_000,
-                                 admin_enabled=True, admin_token=TOKEN,
-                                 rollout={MODEL: {"1": 50, "2": 50}}, shadow={MODEL: 2})
-        app = create_app(settings)
-        client = TestClient(TestServer(app, host="127.0.0.1"))
-        await client.start_server()
-        try:
-            figures = await _measure(client, documents, clients, seconds, reloads)
-            return {**figures, "shadow": _shadow(app[METRICS])}
-        finally:
-            await client.close()
+        shots = [Shot(orjson.dumps(document), len(document["candidates"]))
+                 for document in load_requests(limit=400)]
+        with GatewayProcess(work / "gateway.log", repository, GATEWAY_SETTINGS) as gateway:
+            figures = asyncio.run(_measure(gateway.url, shots, clients, seconds, reloads))
+            return {**figures, "shadow": _shadow(_scrape(gateway.url))}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-async def _measure(client: TestClient[Any, Any], documents: list[dict[str, Any]], clients: int,
-                   seconds: float, reloads: int) -> dict[str, Any]:
-    phase = "steady"
-    latencies: dict[str, list[float]] = {"steady": [], "reloading": []}
-    statuses: Counter[int] = Counter()
+async def _measure(url: str, shots: list[Shot], clients: int, seconds: float,
+                   reloads: int) -> dict[str, Any]:
+    """Closed-loop load for ``seconds``, then ``reloads`` reloads back to back under it; a
+    request belongs to the phase in which it was sent."""
+    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-
-    async def user(offset: int) -> None:
-        i = offset
-        while not stop.is_set():
-            started, current = time.perf_counter(), phase
-            response = await client.post("/v1/rank", data=orjson.dumps(documents[i % len(
-                documents)]), headers={"Content-Type": "application/json"})
-            await response.read()
-            statuses[response.status] += 1
-            latencies[current].append(time.perf_counter() - started)
-            i += clients
-
-    tasks = [asyncio.create_task(user(c)) for c in range(clients)]
-    await asyncio.sleep(seconds)
-    phase = "reloading"
-    durations = []
-    for _ in range(reloads):
-        started = time.perf_counter()
-        response = await client.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
-        response.raise_for_status()
-        durations.append(time.perf_counter() - started)
-    stop.set()
-    await asyncio.gather(*tasks)
-    return {"clients": clients, "statuses": dict(statuses),
-            "steady": _percentiles(latencies["steady"]),
-            "reloading": _percentiles(latencies["reloading"]),
+    async with client_session(max_in_flight=0, timeout_s=60.0) as session:
+        load = asyncio.create_task(closed_loop(
+            post_shots(session, f"{url}/v1/rank", shots, "application/json"), clients,
+            stop=stop))
+        try:
+            await asyncio.sleep(seconds)
+            reloading_from = loop.time()
+            durations = [await _reload(session, url) for _ in range(reloads)]
+        finally:
+            stop.set()
+            outcomes = await load
+    return {"clients": clients, "statuses": dict(Counter(o.status for o in outcomes)),
+            "steady": _percentiles([o.response_ms for o in outcomes
+                                    if o.scheduled < reloading_from]),
+            "reloading": _percentiles([o.response_ms for o in outcomes
+                                       if o.scheduled >= reloading_from]),
             "reloads": reloads, "reload_s_median": round(float(np.median(durations)), 3),
             "reload_s_max": round(max(durations), 3)}
 
 
-def _shadow(metrics: Metrics) -> dict[str, Any]:
-    """Shadow counters and the mean comparison values, read off the gateway's registry."""
+async def _reload(session: aiohttp.ClientSession, url: str) -> float:
+    """``POST /admin/reload``; the seconds it took.
+
+    Raises:
+        aiohttp.ClientResponseError: the gateway refused it.
+    """
+    started = time.perf_counter()
+    async with session.post(f"{url}/admin/reload",
+                            headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+        response.raise_for_status()
+    return time.perf_counter() - started
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def _scrape(url: str) -> Samples:
+    """Every sample of the gateway's ``/metrics``, by name and label set."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5.0) as response:
+        text = response.read().decode()
+    return {(sample.name, frozenset(sample.labels.items())): float(sample.value)
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def _shadow(samples: Samples) -> dict[str, Any]:
+    """Shadow counters and the mean comparison values, read off the gateway's metrics."""
     labels = {"model": MODEL, "version": "2"}
-    value = metrics.registry.get_sample_value
 
     def sample(name: str, extra: dict[str, str] | None = None) -> float:
-        return value(name, extra if extra is not None else labels) or 0.0
+        return samples.get((name, frozenset((extra if extra is not None else labels).items())),
+                           0.0)
 
     scored = sample("rankserve_shadow_score_diff_count")
     dropped = {reason: sample("rankserve_shadow_dropped_total",
@@ -179,13 +198,14 @@ def _shadow(metrics: Metrics) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m loadtests.experiments.rollout",
+                                     description=__doc__.split("\n")[0] if __doc__ else "")
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--reloads", type=int, default=10)
     args = parser.parse_args()
-    figures = asyncio.run(run(args.clients, args.seconds, args.reloads))
-    out = ROOT / "loadtests" / "results" / "rollout.json"
+    figures = run(args.clients, args.seconds, args.reloads)
+    out = RESULTS / "rollout.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(figures, indent=1) + "\n")
     print(json.dumps(figures, indent=1))

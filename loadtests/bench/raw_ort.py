@@ -11,7 +11,7 @@ the data directory is absent (a GPU machine that got only the repository), ids a
 from the model card's vocabularies instead and the result says so (``inputs: synthetic``):
 throughput depends on shapes, not on which ids are looked up.
 
-    python -m loadtests.raw_ort --provider cpu --threads 1 --candidates 500 --json out.json
+    python -m loadtests.bench.raw_ort --provider cpu --threads 1 --candidates 500 --json out.json
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
@@ -39,9 +39,11 @@ from serving.ranking.features import (
 )
 from serving.repository.card import CARD_FILE, ONNX_FILE, ModelCard
 
+if TYPE_CHECKING:  # at run time traffic is optional: a bare GPU machine may lack its imports
+    from loadtests.traffic import Body
+
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt": "TensorrtExecutionProvider"}
-Body = dict[str, Any]
 
 
 def model_dir(repository: Path, model: str) -> Path:
@@ -182,7 +184,7 @@ def run(repository: Path, model: str, provider: str, threads: int, candidates: i
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.raw_ort", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench.raw_ort", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--model", default="feed_ranker")

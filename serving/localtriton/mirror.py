@@ -5,7 +5,7 @@ with GPU instances. The ``tritonserver`` inside the ``nvidia-pytriton`` wheel ha
 python backend, so ``rankserve triton`` serves a mirror: for every ONNX model the same
 ``config.pbtxt`` (same tensor names, dtypes, shapes and ``max_batch_size``) with the backend
 switched to ``python`` and CPU instances, the same ``model.onnx`` (linked, not copied), and
-:mod:`serving.backends.triton_python_model` as ``model.py``. Clients cannot tell the
+:mod:`serving.localtriton.python_model` as ``model.py``. Clients cannot tell the
 difference except by speed.
 """
 
@@ -20,13 +20,13 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from serving.errors import ModelCardError
-from serving.repository.config import parse_config
+from serving.repository.card import ONNX_FILE
+from serving.repository.config import CONFIG_FILE, parse_config
+from serving.repository.versions import servable_model_dirs, versions_on_disk
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.pbtxt"
-ONNX_FILE = "model.onnx"
-PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
+PYTHON_MODEL = Path(__file__).with_name("python_model.py")
 ONNX_PLATFORMS = frozenset({"onnxruntime_onnx"})
 
 
@@ -61,14 +61,13 @@ def build_mirror(source: Path, target: Path) -> list[str]:
     """
     target.mkdir(parents=True, exist_ok=True)
     names: list[str] = []
-    for model_dir in sorted(p for p in source.iterdir() if (p / CONFIG_FILE).is_file()):
+    for model_dir in servable_model_dirs(source):
         config = parse_config(model_dir / CONFIG_FILE)
         if not _is_onnx_model(config):
             log.info("not mirroring %s: platform %r is not ONNX", model_dir.name,
                      config.platform or config.backend)
             continue
-        versions = [v for v in model_dir.iterdir()
-                    if v.name.isdigit() and (v / ONNX_FILE).is_file()]
+        versions = versions_on_disk(model_dir, ONNX_FILE)
         if not versions:
             log.info("not mirroring %s: no <version>/%s", model_dir.name, ONNX_FILE)
             continue
@@ -76,9 +75,10 @@ def build_mirror(source: Path, target: Path) -> list[str]:
         out_dir.mkdir()
         (out_dir / CONFIG_FILE).write_text(text_format.MessageToString(mirror_config(config)))
         for version in versions:
-            (out_dir / version.name).mkdir()
-            (out_dir / version.name / ONNX_FILE).symlink_to((version / ONNX_FILE).resolve())
-            shutil.copyfile(PYTHON_MODEL, out_dir / version.name / "model.py")
+            folder = out_dir / str(version)
+            folder.mkdir()
+            (folder / ONNX_FILE).symlink_to((model_dir / str(version) / ONNX_FILE).resolve())
+            shutil.copyfile(PYTHON_MODEL, folder / "model.py")
         names.append(model_dir.name)
     if not names:
         raise ModelCardError(f"no ONNX model with a {CONFIG_FILE} in {source}", field=str(source))

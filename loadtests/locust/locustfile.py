@@ -1,19 +1,21 @@
 """Locust scenario for rankserve: real held-out feed requests at a scheduled offered load.
 
-Run it through ``python -m loadtests.run`` (``make loadtest``), which builds the request
-bank and the schedule, starts the gateway and writes the report. Direct use, for a running
-gateway (the bank and schedule files come from a previous ``loadtests.run --prepare-only``)::
+Run it through ``python -m loadtests.locust.run`` (``make loadtest``), which builds the
+request bank and the schedule, starts the gateway and writes the report. Direct use, for a
+running gateway (the bank and schedule files come from a previous ``loadtests.locust.run
+--prepare-only``)::
 
-    locust -f loadtests/locustfile.py --headless -H http://127.0.0.1:8000 \\
+    locust -f loadtests/locust/locustfile.py --headless -H http://127.0.0.1:8000 \\
         --rankserve-bank DIR/bank --rankserve-schedule DIR/schedule.json \\
         --rankserve-results DIR
-    python -m loadtests.run --report DIR      # summary, verdict and plots
+    python -m loadtests.locust.run --report DIR      # summary, verdict and plots
 
-Distributed: start ``locust -f loadtests/locustfile.py --master --expect-workers N
---headless ...`` with the options above, and N times ``locust -f loadtests/locustfile.py
---worker --master-host HOST``; every worker reads the bank from the same path (copy the
-bank folder to each worker machine). Workers send their per-request samples to the master
-once a second (a custom message), and the master writes them all to ``samples.csv``.
+Distributed: start ``locust -f loadtests/locust/locustfile.py --master --expect-workers N
+--headless ...`` with the options above, and N times ``locust -f
+loadtests/locust/locustfile.py --worker --master-host HOST``; every worker reads the bank
+from the same path (copy the bank folder to each worker machine). Workers send their
+per-request samples to the master once a second (a custom message), and the master writes
+them all to ``samples.csv``.
 
 Each simulated user sends ``per_user_rps`` requests per second (constant throughput, set by
 the schedule), so the shape class turns the schedule's rates into user counts.
@@ -35,8 +37,8 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
 from loadtests.bank import Bank, Shot, check_response
-from loadtests.samples import SampleBuffer
-from loadtests.shapes import Schedule
+from loadtests.locust.samples import SampleBuffer
+from loadtests.locust.shapes import Schedule
 
 SAMPLES_MESSAGE = "rankserve_samples"
 FLUSH_INTERVAL_S = 1.0
@@ -70,7 +72,7 @@ def _bank(environment: Environment) -> Bank:
     if "bank" not in _state:
         path = _option(environment, "rankserve_bank")
         if not path:
-            raise RuntimeError("--rankserve-bank is required (see loadtests/run.py)")
+            raise RuntimeError("--rankserve-bank is required (see loadtests/locust/run.py)")
         _state["bank"] = Bank.load(Path(path))
     bank: Bank = _state["bank"]
     return bank
@@ -80,7 +82,7 @@ def _bank(environment: Environment) -> Bank:
 def _on_init(environment: Environment, **_: Any) -> None:
     path = _option(environment, "rankserve_schedule")
     if not path:
-        raise RuntimeError("--rankserve-schedule is required (see loadtests/run.py)")
+        raise RuntimeError("--rankserve-schedule is required (see loadtests/locust/run.py)")
     _state["schedule"] = Schedule.from_dict(json.loads(Path(path).read_text()))
     _state["results"] = _option(environment, "rankserve_results")
     runner = environment.runner

@@ -14,10 +14,10 @@ everything -> write the report. Everything lands in one dated folder
 
 Examples::
 
-    python -m loadtests.run                                  # step shape, about 60 s
-    python -m loadtests.run --shape constant --rate 20 --duration 30
-    python -m loadtests.run --shape spike --rate 10 --spike-rate 80 --duration 40
-    python -m loadtests.run --target http://10.0.0.5:8000 --workers 2
+    python -m loadtests.locust.run                         # step shape, about 60 s
+    python -m loadtests.locust.run --shape constant --rate 20 --duration 30
+    python -m loadtests.locust.run --shape spike --rate 10 --spike-rate 80 --duration 40
+    python -m loadtests.locust.run --target http://10.0.0.5:8000 --workers 2
 """
 
 from __future__ import annotations
@@ -37,20 +37,20 @@ from typing import Any
 
 import pandas as pd
 
-from loadtests import plots, report
+from loadtests import RESULTS
 from loadtests.bank import ENCODINGS, Bank
-from loadtests.samples import read_samples
-from loadtests.scrape import MetricsScraper
+from loadtests.locust import plots, report
+from loadtests.locust.samples import read_samples
+from loadtests.locust.scrape import MetricsScraper
+from loadtests.locust.shapes import SHAPES, Schedule, constant, spike, step
 from loadtests.server import GatewayError, GatewayProcess, free_port
-from loadtests.shapes import SHAPES, Schedule, constant, spike, step
 from loadtests.traffic import CandidateCounts, HeldOutTraffic
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
-RESULTS = Path(__file__).with_name("results")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m loadtests.run", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m loadtests.locust.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default=None,
                    help="URL of a running gateway (default: start an embedded one)")

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from serving.backends.triton_mirror import build_mirror
 from serving.errors import Unavailable
+from serving.localtriton.mirror import build_mirror
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,13 @@
 """Overload report: the gateway at three times its measured capacity, and what it promised.
 
-``python -m loadtests.overload_report`` (about a minute):
+``python -m loadtests.experiments.overload`` (about a minute):
 
 1. starts ``rankserve serve`` (embedded ONNX Runtime) pinned to one core, and pins this
    process, the load generator, to another (``taskset`` / ``sched_setaffinity``, where the
    machine has two cores);
-2. measures capacity with a short open-loop ramp: rates rising by ``RAMP_FACTOR`` per step
-   until a step misses its bound (p99 of 200s over the budget, or over 1% not 200); the
-   capacity is the highest 200s/s of a step that met it;
+2. measures capacity with a short open-loop ramp (:func:`loadtests.loadgen.offer`): rates
+   rising by ``RAMP_FACTOR`` per step until a step misses its bound (p99 of 200s over the
+   budget, or over 1% not 200); the capacity is the highest 200s/s of a step that met it;
 3. offers ``--factor`` (3) times that capacity for ``--seconds`` (30), open loop (requests
    start on schedule whatever the answers), every request with ``X-Request-Budget-Ms``;
 4. reports: offered and accepted (200) requests/s, p50/p99 of accepted requests against
@@ -28,39 +28,29 @@ import datetime as dt
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import numpy as np
 
+from loadtests import RESULTS
 from loadtests.bank import Bank
-from loadtests.server import GatewayProcess
+from loadtests.loadgen import Outcome, offer
+from loadtests.server import GatewayProcess, pinned
 from loadtests.traffic import CandidateCounts, HeldOutTraffic
 
-RESULTS = Path(__file__).with_name("results")
 RAMP_START_RPS, RAMP_FACTOR, RAMP_STEPS = 10.0, 1.4, 12
 ACCEPTED_P99_FACTOR = 1.5
 REJECT_WITHIN_MS = 5.0
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """One request: when it was due and sent, how long its answer took from the moment it
-    was sent (ms), its status (0: no answer) and whether a 429 carried Retry-After."""
-
-    scheduled: float
-    lag_ms: float
-    latency_ms: float
-    status: int
-    retry_after: bool
-
-
 @dataclass
 class Phase:
-    """The outcomes of one offered rate, and the gateway's RSS sampled meanwhile (MiB)."""
+    """The outcomes of one offered rate, and the gateway's RSS sampled meanwhile (MiB).
+    Latencies here count from the moment a request was sent (``response_ms``): they judge
+    the gateway, not the generator, whose lag is reported on its own."""
 
     offered_rps: float
     seconds: float
@@ -71,7 +61,7 @@ class Phase:
         return [o for o in self.outcomes if o.status == code]
 
     def percentile(self, code: int, q: float) -> float | None:
-        values = [o.latency_ms for o in self.status(code)]
+        values = [o.response_ms for o in self.status(code)]
         return float(np.percentile(values, q)) if values else None
 
     def within(self, budget_ms: float) -> bool:
@@ -88,41 +78,17 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-async def _send(session: aiohttp.ClientSession, url: str, body: bytes,
-                headers: dict[str, str], scheduled: float) -> Outcome:
-    loop = asyncio.get_running_loop()
-    sent = loop.time()
-    try:
-        async with session.post(url, data=body, headers=headers) as response:
-            await response.read()
-            status = response.status
-            retry_after = "Retry-After" in response.headers
-    except (aiohttp.ClientError, OSError, TimeoutError):
-        status, retry_after = 0, False
-    return Outcome(scheduled, (sent - scheduled) * 1e3, (loop.time() - sent) * 1e3, status,
-                   retry_after)
-
-
-async def offer(url: str, bank: Bank, rate: float, seconds: float, budget_ms: float,
-                pid: int | None = None) -> Phase:
-    """Send the bank's bodies in turn at ``rate`` per second for ``seconds``, open loop,
-    sampling the RSS of ``pid`` every 100 ms when given."""
-    headers = {"Content-Type": bank.content_type, "X-Request-Budget-Ms": f"{budget_ms:g}"}
-    loop = asyncio.get_running_loop()
+async def offer_phase(url: str, bank: Bank, rate: float, seconds: float, budget_ms: float,
+                      pid: int | None = None) -> Phase:
+    """Send the bank's shots in turn at ``rate`` per second for ``seconds``, open loop with
+    no connection limit, sampling the RSS of ``pid`` every 100 ms when given."""
     phase = Phase(rate, seconds, [])
-    timeout = aiohttp.ClientTimeout(total=max(10.0, budget_ms / 1e3 * 4))
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                     timeout=timeout) as session:
-        start = loop.time() + 0.05
-        sampler = loop.create_task(_sample_rss(pid, phase.rss_mib)) if pid else None
-        tasks = []
-        for i in range(int(seconds * rate)):
-            scheduled = start + i / rate
-            await asyncio.sleep(max(0.0, scheduled - loop.time()))
-            tasks.append(loop.create_task(_send(session, f"{url}/v1/rank",
-                                                bank.shots[i % len(bank)].body, headers,
-                                                scheduled)))
-        phase.outcomes = list(await asyncio.gather(*tasks))
+    sampler = asyncio.create_task(_sample_rss(pid, phase.rss_mib)) if pid else None
+    try:
+        phase.outcomes = await offer(f"{url}/v1/rank", bank.shots, bank.content_type, rate,
+                                     seconds, budget_ms=budget_ms, max_in_flight=0,
+                                     timeout_s=max(10.0, budget_ms / 1e3 * 4))
+    finally:
         if sampler is not None:
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -143,7 +109,7 @@ async def measure_capacity(url: str, bank: Bank, budget_ms: float, step_s: float
     steps: list[Phase] = []
     capacity, rate = 0.0, start_rps
     for _ in range(RAMP_STEPS):
-        step = await offer(url, bank, rate, step_s, budget_ms)
+        step = await offer_phase(url, bank, rate, step_s, budget_ms)
         steps.append(step)
         if not step.within(budget_ms):
             break
@@ -206,7 +172,7 @@ class Report:
 
 def summarise(phase: Phase, capacity: float, steps: Sequence[Phase], budget_ms: float,
               bank: Bank, rss_before: float, rss_after: float) -> Report:
-    rejected = [o.latency_ms for o in phase.status(429)]
+    rejected = [o.response_ms for o in phase.status(429)]
     return Report(
         budget_ms=budget_ms, candidates=bank.candidates, encoding=bank.encoding,
         capacity_rps=capacity, offered_rps=phase.offered_rps, seconds=phase.seconds,
@@ -226,20 +192,6 @@ def summarise(phase: Phase, capacity: float, steps: Sequence[Phase], budget_ms: 
         rss_after_mib=rss_after,
         ramp=[{"offered_rps": round(s.offered_rps, 1), "ok": len(s.status(200)),
                "sent": len(s.outcomes), "p99_ms": s.percentile(200, 99)} for s in steps])
-
-
-@contextlib.contextmanager
-def pinned(cpus: set[int] | None) -> Iterator[None]:
-    """Run this process on ``cpus`` (the load generator's core) for the block."""
-    if not cpus or not hasattr(os, "sched_setaffinity"):
-        yield
-        return
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, cpus)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 def cores() -> tuple[str | None, set[int] | None]:
@@ -267,8 +219,8 @@ def run(bank: Bank, log_path: Path, budget_ms: float = 50.0, factor: float = 3.0
         capacity, steps = asyncio.run(measure_capacity(gateway.url, bank, budget_ms, step_s,
                                                        start_rps))
         rss_before = rss_mib(pid)
-        phase = asyncio.run(offer(gateway.url, bank, factor * capacity, seconds, budget_ms,
-                                  pid))
+        phase = asyncio.run(offer_phase(gateway.url, bank, factor * capacity, seconds,
+                                        budget_ms, pid))
         if gateway.process.poll() is not None:
             raise RuntimeError(f"the gateway exited under overload "
                                f"(status {gateway.process.returncode})")
@@ -278,7 +230,7 @@ def run(bank: Bank, log_path: Path, budget_ms: float = 50.0, factor: float = 3.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.overload_report",
+    parser = argparse.ArgumentParser(prog="python -m loadtests.experiments.overload",
                                      description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--seconds", type=float, default=30.0, help="overload duration")
     parser.add_argument("--factor", type=float, default=3.0, help="offered / capacity")

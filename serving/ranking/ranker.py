@@ -2,7 +2,8 @@
 
 A :class:`Ranker` exists for each model with a model card: the card's encoder state turns
 raw features into tensors (the same code training used) and its tasks and default weights
-make the value model. The data plane hands it the batcher's result to rank.
+make the value model. The data plane hands it the scored probabilities to rank; how they
+were scored (batching, backends) is none of its business.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.batching.work import JobResult
 from serving.errors import BackendError, BadRequest
-from serving.gateway.models import ServedModel
 from serving.ranking.features import (
     HISTORY,
     ITEM_CAT,
@@ -32,6 +31,7 @@ from serving.ranking.features import (
 )
 from serving.ranking.value import ValueModel, top_k
 from serving.repository.card import ModelCard
+from serving.repository.served import ServedModel
 
 
 @dataclass
@@ -86,26 +86,27 @@ class Ranker:
         tensors[ITEM_TO_USER] = np.zeros(n, dtype=np.int64)
         return tensors
 
-    def rank(self, request: RankRequest, result: JobResult, weights: np.ndarray,
-             shown: list[int]) -> RankResult:
-        """Value scores, top-k order and the requested task probabilities.
+    def rank(self, request: RankRequest, outputs: Mapping[str, np.ndarray],
+             weights: np.ndarray, shown: list[int], degraded: bool = False) -> RankResult:
+        """Value scores, top-k order and the requested task probabilities, from the
+        model's ``outputs`` for the request's candidates (``degraded``: a fallback made
+        them). Timings are the caller's to add.
 
         Raises:
-            BackendError: the model's output has the wrong shape.
+            BackendError: the model's output is missing or has the wrong shape.
         """
-        probs = result.outputs[PROBS]
+        probs = outputs.get(PROBS)
+        if probs is None:
+            raise BackendError(f"model returned no '{PROBS}' output")
         tasks = self.value.tasks
         if probs.shape != (request.n, len(tasks)):
             raise BackendError(f"model returned probs of shape {probs.shape}, expected "
                                f"({request.n}, {len(tasks)})")
         scores = ValueModel.score(probs, weights)
         order = top_k(scores, request.top_k)
-        timings: dict[str, float] = {"queue_ms": round(result.queue_s * 1e3, 3),
-                                     "backend_ms": round(result.backend_s * 1e3, 3),
-                                     "batch_rows": result.batch_rows}
         return RankResult(self.model, _ids(request.candidates["video_id"])[order],
                           scores[order], {tasks[j]: probs[order, j] for j in shown},
-                          result.degraded, timings)
+                          degraded, {})
 
     def check_ids(self, inputs: Mapping[str, np.ndarray]) -> None:
         """Raw ``/v2`` id tensors must index the model's embedding tables: one id past a

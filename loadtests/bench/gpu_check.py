@@ -1,4 +1,4 @@
-"""The Python half of ``loadtests/gpu_check.sh``: what a GPU machine can do for rankserve.
+"""The Python half of ``loadtests/bench/gpu_check.sh``: what a GPU machine can do for rankserve.
 
 In one go, each step degrading to a clear message instead of a crash:
 
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from loadtests import raw_ort
+from loadtests.bench import raw_ort
 
 
 def gpu_telemetry() -> dict[str, Any]:
@@ -53,7 +53,7 @@ def providers() -> dict[str, Any]:
 
 
 def gpu_providers(available: Sequence[str], tensorrt: bool) -> list[str]:
-    """The GPU providers to benchmark, by :data:`loadtests.raw_ort.PROVIDERS` key."""
+    """The GPU providers to benchmark, by :data:`loadtests.bench.raw_ort.PROVIDERS` key."""
     wanted = ["cuda", *(["tensorrt"] if tensorrt else [])]
     return [p for p in wanted if raw_ort.PROVIDERS[p] in available]
 
@@ -84,7 +84,7 @@ def gateway_run(provider: str, args: argparse.Namespace) -> dict[str, Any]:
     if missing:
         return {"skipped": f"gateway imports not satisfiable here: missing {', '.join(missing)}"}
     from loadtests.bank import Bank
-    from loadtests.loadgen import Body, run_point
+    from loadtests.loadgen import run_point
     from loadtests.server import GatewayProcess
     from loadtests.traffic import CandidateCounts, HeldOutTraffic
 
@@ -93,15 +93,14 @@ def gateway_run(provider: str, args: argparse.Namespace) -> dict[str, Any]:
     except FileNotFoundError as e:
         return {"skipped": f"no KuaiRand data for real requests: {e}"}
     bank = Bank.build(traffic, CandidateCounts.fixed(args.candidates), 64, "binary")
-    bodies = [Body(s.body, s.rows) for s in bank.shots]
     chain = {"cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
              "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider",
                           "CPUExecutionProvider"]}[provider]
     points = []
     with GatewayProcess(args.out / "gateway.log", args.model_repository,
-                        {"providers": json.dumps(chain)}) as gateway:
+                        {"providers": ",".join(chain)}) as gateway:
         for rate in args.gateway_rates:
-            point = run_point(f"{gateway.url}/v1/rank", bodies, bank.content_type, rate, 3.0,
+            point = run_point(f"{gateway.url}/v1/rank", bank.shots, bank.content_type, rate, 3.0,
                               budget_ms=25.0)
             points.append(point.__dict__)
             print(f"gateway on {provider}: {rate:g} req/s -> {point.rows_per_s:,.0f} rows/s, "
@@ -110,7 +109,7 @@ def gateway_run(provider: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadtests.gpu_check", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m loadtests.bench.gpu_check", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--model-repository", type=Path, default=Path("model_repository"))

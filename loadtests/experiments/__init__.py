@@ -1,0 +1,1 @@
+"""One-off experiments with their own reports: overload shedding and rollout reloads."""
