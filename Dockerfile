@@ -2,7 +2,7 @@
 # The rankserve gateway image (the Helm chart's gateway container and `helm test` pod).
 #
 #   docker build -t REGISTRY/rankserve:0.1.0 .                     # CPU ONNX Runtime fallback
-#   docker build --build-arg ORT=gpu -t REGISTRY/rankserve:0.1.0-gpu .
+#   docker build --build-arg ORT=gpu -t REGISTRY/rankserve:0.1.0-gpu .   # CUDA 13
 #
 # It holds the installed package and a copy of model_repository/ (the model cards the
 # gateway's feature encoder reads, and the ONNX files its embedded fallback scores with).
@@ -11,8 +11,10 @@
 ARG PYTHON_VERSION=3.11
 
 FROM python:${PYTHON_VERSION}-slim AS build
-# cpu: onnxruntime; gpu: onnxruntime-gpu (CUDA/cuDNN libraries come from EXTRA_PIP, e.g.
-# "nvidia-cudnn-cu12 nvidia-cublas-cu12 nvidia-cuda-runtime-cu12", or from the node driver).
+# cpu: onnxruntime; gpu: onnxruntime-gpu, a CUDA 13 build, with the CUDA 13 user-space
+# libraries (cudart, cuBLAS, cuRAND, cuFFT, NVRTC) and cuDNN 9 as pip packages from the
+# `gpu` extra; the gateway preloads them (onnxruntime.preload_dlls()). Only the driver comes
+# from the node (CUDA 13 needs driver >= 580). EXTRA_PIP adds packages to either.
 ARG ORT=cpu
 ARG EXTRA_PIP=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -8,11 +8,18 @@
 #   make loadtest         headless Locust load test + SLO report (TARGET=URL: a running
 #                         gateway; LOADTEST_ARGS="--shape constant --rate 20"; docs/operations.md)
 #   make bench            gateway vs raw ONNX Runtime benchmark -> loadtests/results/bench.md
-#   ORT=gpu make serve    use onnxruntime-gpu instead of the CPU build
+#   ORT=gpu make serve    use onnxruntime-gpu (CUDA 13, in its own .venv-gpu) instead of
+#                         the CPU build
 
 PYTHON ?= python3
-VENV ?= .venv
 ORT ?= cpu
+# One environment per ONNX Runtime flavour: onnxruntime and onnxruntime-gpu install the
+# same package, so in one venv the second silently breaks or shadows the first.
+ifeq ($(ORT),cpu)
+VENV ?= .venv
+else
+VENV ?= .venv-$(ORT)
+endif
 BIN := $(VENV)/bin
 comma := ,
 HOST ?= 127.0.0.1

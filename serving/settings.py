@@ -8,12 +8,17 @@ every field with its default. The Helm chart's ConfigMap sets the same names.
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
+import re
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -85,16 +90,98 @@ class Settings(BaseSettings):
                     '{"feed_ranker": 2}; compared with the served scores, never returned.')
     shadow_max_inflight: int = Field(
         2, ge=1, description="Shadow scorings running at once; more are dropped (counted).")
+    strict_features: bool = Field(
+        False, description="Refuse (400) a /v1/rank request naming a feature the model's "
+                           "schema lacks; otherwise it is ignored and listed in the "
+                           "response's ignored_features.")
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        1, description="Gateway processes sharing the port (SO_REUSEPORT) under one "
+                       "supervisor, each with its own batchers and backend sessions; 'auto' "
+                       "is one per core.")
     shutdown_delay_s: float = Field(
         0.0, ge=0, description="Seconds between SIGTERM and closing the listener: /readyz "
                                "answers 503 meanwhile (load balancers stop sending) and "
                                "requests still arriving are served.")
-    log_level: str = Field("INFO", description="Logging level.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Logging level (any case).")
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="Log lines as JSON objects or human-readable text; auto = text on "
+                            "a terminal, JSON otherwise (log collectors).")
 
-    @field_validator("providers", mode="before")
+    # -- the GPU path of the embedded backend (serving/backends/ort_providers.py) --------
+    require_providers: Literal["auto", "gpu", "all", "none"] = Field(
+        "auto", description="Which configured providers must really run the sessions, else "
+                            "the backend refuses to start (not ready, naming the provider and "
+                            "ONNX Runtime's reason): gpu = at least one GPU provider; all = "
+                            "every one listed; none = whatever loads. auto = gpu when the "
+                            "first provider is not CPU, except the built-in provider list on "
+                            "an ONNX Runtime build with no GPU provider (the CPU wheel).")
+    cuda_device_id: int = Field(0, ge=0, description="GPU the CUDA and TensorRT providers use.")
+    cuda_tf32: bool = Field(
+        False, description="Allow TF32 matmuls on CUDA (faster; about 1e-4 off FP32, past "
+                           "the model card's FP32 parity bar).")
+    cuda_graphs: bool = Field(
+        False, description="Capture CUDA graphs (needs fixed shapes: the batch buckets).")
+    cuda_arena_extend: Literal["kNextPowerOfTwo", "kSameAsRequested"] = Field(
+        "kNextPowerOfTwo", description="How the CUDA memory arena grows.")
+    tensorrt_fp16: bool = Field(
+        False, description="Let TensorRT build FP16 engines (about 6e-4 off FP32).")
+    tensorrt_cache_dir: Path | None = Field(
+        None, description="Folder for TensorRT engine and timing caches (a volume), so a "
+                          "restart does not rebuild engines; unset: no caches.")
+    io_binding: Literal["auto", "on", "off"] = Field(
+        "auto", description="Bound I/O with buffers reused per batch shape: auto = on GPU "
+                            "providers only.")
+    provider_options: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="Extra ONNX Runtime provider options as JSON, by provider, applied over "
+                    'the ones above: {"CUDAExecutionProvider": {"gpu_mem_limit": "8e9"}}.')
+
+    # -- per-request and per-connection limits (gateway/v2_handlers.py, gateway/command.py)
+    max_user_rows: int = Field(
+        1024, ge=1, description="Most user (per-request) rows in one request: /v1/rank has "
+                                "one; past this a /v2 request gets 413.")
+    max_connections: int = Field(
+        1000, ge=1, description="Open client connections past which new ones are closed at "
+                                "once (kept below the file-descriptor limit).")
+    keepalive_timeout_s: float = Field(
+        15.0, gt=0, description="Seconds a connection may stay idle, or take to send a "
+                                "request's headers (slowloris), before it is closed.")
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="Seconds a request may take to send its whole body (a slow "
+                                "or never-ending chunked body gets 400).")
+
+    @field_validator("provider_options", mode="before")
     @classmethod
-    def _split_providers(cls, value: Any) -> Any:
-        return value.split(",") if isinstance(value, str) else value
+    def _parse_provider_options(cls, value: Any) -> Any:
+        """Flags and environment variables carry the options as JSON text; values become
+        strings, as ONNX Runtime takes them."""
+        value = json.loads(value) if isinstance(value, str) else value
+        if isinstance(value, dict):
+            return {p: ({k: str(v).lower() if isinstance(v, bool) else str(v)
+                         for k, v in o.items()} if isinstance(o, dict) else o)
+                    for p, o in value.items()}
+        return value
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _text_forms(cls, value: Any, info: ValidationInfo) -> Any:
+        """Text from flags and the environment: a list setting accepts a JSON list
+        (``'["CPUExecutionProvider"]'``) or commas (``CPUExecutionProvider,...``); a
+        ``*_bytes`` setting accepts units (``32MiB``, ``64k``)."""
+        if not isinstance(value, str) or info.field_name is None:
+            return value
+        annotation = cls.model_fields[info.field_name].annotation
+        if typing.get_origin(annotation) is list:
+            return parse_list(value, info.field_name)
+        if info.field_name.endswith("_bytes"):
+            return parse_size(value, info.field_name)
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("rollout", "shadow", mode="before")
     @classmethod
@@ -132,6 +219,76 @@ class Settings(BaseSettings):
         merged = {**file_values, **env_values,
                   **{k: v for k, v in overrides.items() if v is not None}}
         return cls.model_validate(merged)
+
+
+SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+              "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+ENV_PREFIX = "RANKSERVE_"
+OTHER_VARIABLES = frozenset({
+    "RANKSERVE_CONFIG", "RANKSERVE_AUTH_TOKEN_FILE", "RANKSERVE_ADMIN_TOKEN_FILE",
+    "RANKSERVE_DATA", "RANKSERVE_URL", "RANKSERVE_HELM", "RANKSERVE_TRITON_VENV",
+    "RANKSERVE_WORKER_INDEX", "RANKSERVE_CANDIDATES", "RANKSERVE_TOP_K"})
+"""``RANKSERVE_*`` variables that are not settings but are read elsewhere (the config file,
+secret files, training data, tests, the chart's test pod, the worker supervisor)."""
+SECRET = re.compile(r"token|secret|password|credential", re.IGNORECASE)
+
+
+def parse_list(text: str, name: str) -> list[str]:
+    """``'["a", "b"]'`` or ``a,b`` as a list of strings (blanks dropped).
+
+    Raises:
+        ValueError: JSON text that is not a list of strings.
+    """
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{name}: not a JSON list ({e.msg}): {text!r}") from e
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{name}: expected a JSON list of strings, got {text!r}")
+        return [v.strip() for v in value if v.strip()]
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def parse_size(text: str, name: str) -> int:
+    """``32MiB``, ``64k``, ``1.5GB`` or a plain number of bytes.
+
+    Raises:
+        ValueError: not a number with a known unit.
+    """
+    match = _SIZE.match(text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in SIZE_UNITS:
+        raise ValueError(f"{name}: expected bytes as a number with an optional unit "
+                         f"(k, KiB, MB, MiB, GB, GiB), got {text!r}")
+    return int(float(match.group(1)) * SIZE_UNITS[unit])
+
+
+def unknown_environment(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One line per ``RANKSERVE_*`` variable that names no setting (a typo is otherwise
+    silently ignored), with the nearest setting's variable when one is close."""
+    environ = os.environ if environ is None else environ
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | OTHER_VARIABLES
+    lines = []
+    for var in sorted(v for v in environ if v.upper().startswith(ENV_PREFIX)):
+        if var.upper() in known:
+            continue
+        near = difflib.get_close_matches(var.upper(), sorted(known), n=1)
+        hint = f"; did you mean {near[0]}?" if near else ""
+        lines.append(f"unknown environment variable {var} ignored: no such setting{hint}")
+    return lines
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The settings as plain data (JSON types), secrets (tokens, passwords) masked: what
+    ``--print-config`` prints and the start-up log records."""
+    data: dict[str, Any] = settings.model_dump(mode="json")
+    for name, value in data.items():
+        if SECRET.search(name) and value:
+            data[name] = "***"
+    return data
 
 
 def default(name: str) -> Any:

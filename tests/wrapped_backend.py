@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from serving.backends.base import Backend
+from serving.telemetry.metrics import Metrics
 
 
 class WrappedBackend(Backend):
@@ -24,3 +25,6 @@ class WrappedBackend(Backend):
 
     def healthy(self) -> bool:
         return self.inner.healthy()
+
+    def bind_metrics(self, metrics: Metrics) -> None:
+        self.inner.bind_metrics(metrics)

@@ -3,14 +3,12 @@
 #
 #   loadtests/bench/gpu_check.sh [OUT_DIR]      # default: $OUT, else loadtests/results/gpu-check-<time>
 #
-# Prints the GPU (nvidia-smi), reads it through the gateway's NVML collector, lists ONNX
-# Runtime's providers and, where the CUDA provider exists (onnxruntime-gpu), benchmarks raw
-# ONNX Runtime on the GPU and on the CPU in the same run, then the gateway on the GPU.
-# Each step says clearly why it was skipped; the script never fails for a missing GPU,
-# driver or provider. Results: OUT_DIR/gpu_check.json and OUT_DIR/nvidia-smi.txt.
-# Set GPU_CHECK_ARGS for more options (e.g. "--tensorrt --seconds 2"; see
-# `python -m loadtests.bench.gpu_check --help`). Real requests need the KuaiRand folder
-# (RANKSERVE_DATA); without it raw ONNX Runtime runs on ids drawn from the model card.
+# Prints the GPU (nvidia-smi), then runs the staged check (loadtests/bench/gpu_check.py:
+# environment, CUDA smoke, parity per precision, raw ONNX Runtime, sessions, the gateway),
+# which writes OUT_DIR/gpu_check.json after every stage and keeps its own deadline. Each
+# stage says why it was skipped or failed; the script never fails for a missing GPU.
+# GPU_CHECK_ARGS adds options (e.g. "--cpu-dry-run", "--deadline-s 300"; see
+# `python -m loadtests.bench.gpu_check --help`). CUDA_MODULE_LOADING defaults to LAZY.
 set -u
 
 out="${1:-${OUT:-loadtests/results/gpu-check-$(date -u +%Y%m%d-%H%M%S)}}"
@@ -30,7 +28,7 @@ fi
 
 echo "== rankserve GPU check ($py)"
 # shellcheck disable=SC2086  # GPU_CHECK_ARGS is a list of options
-OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" "$py" -m loadtests.bench.gpu_check --out "$out" ${GPU_CHECK_ARGS:-}
+CUDA_MODULE_LOADING="${CUDA_MODULE_LOADING:-LAZY}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" "$py" -m loadtests.bench.gpu_check --out "$out" ${GPU_CHECK_ARGS:-}
 status=$?
 if [ $status -ne 0 ]; then
     echo "gpu_check.py failed with status $status (see the output above)"

@@ -103,7 +103,8 @@ def open_session(path: Path, provider: str, threads: int) -> ort.InferenceSessio
     """A session on ``provider`` (with the CPU provider behind it for unsupported nodes).
 
     Raises:
-        RuntimeError: the provider is not in this onnxruntime build.
+        RuntimeError: the provider is not in this onnxruntime build, or ONNX Runtime fell
+            back from it to the CPU.
     """
     name = PROVIDERS[provider]
     if name not in ort.get_available_providers():
@@ -115,7 +116,11 @@ def open_session(path: Path, provider: str, threads: int) -> ort.InferenceSessio
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     chain = [name] if name == "CPUExecutionProvider" else [name, "CPUExecutionProvider"]
-    return ort.InferenceSession(str(path), options, providers=chain)
+    session = ort.InferenceSession(str(path), options, providers=chain)
+    if session.get_providers()[0] != name:  # ORT fell back quietly: these are not its figures
+        raise RuntimeError(f"{name} did not load (the session got "
+                           f"{', '.join(session.get_providers())})")
+    return session
 
 
 def measure(session: ort.InferenceSession, tensors: dict[str, np.ndarray],

@@ -10,7 +10,8 @@ Definitions (also printed in every summary):
 * a phase meets the SLO when its p99 <= budget and its error rate <= the allowed rate;
 * the first ``settle_s`` seconds of every phase are left out (users ramping up or down);
 * the knee (step shape) is the highest offered rate of the unbroken run of steps, from the
-  first, that meet the SLO.
+  first, that meet the SLO, and only when a later step broke it: if every step met the SLO
+  the run never reached the knee, and the report says so instead of naming one.
 """
 
 from __future__ import annotations
@@ -98,13 +99,14 @@ def by_size(samples: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def find_knee(results: list[PhaseResult]) -> PhaseResult | None:
-    """The last phase of the unbroken prefix that meets the SLO; ``None`` if the first fails."""
+    """The last phase of the unbroken prefix that meets the SLO, when a later phase breaks
+    it; ``None`` if the first fails or none does (the ramp stopped below the knee)."""
     knee = None
     for result in results:
         if not result.meets_slo:
-            break
+            return knee
         knee = result
-    return knee
+    return None
 
 
 def summarise(samples: pd.DataFrame, schedule: Schedule, t0: float, slo: Slo,
@@ -145,12 +147,15 @@ def verdict(schedule: Schedule, results: list[PhaseResult],
     """Pass/fail with reasons. Constant and spike: every phase must meet the SLO. Step: the
     first step must (otherwise there is no knee); the knee itself is the headline."""
     if schedule.shape == "step":
+        if results and all(r.meets_slo for r in results):
+            return {"pass": True, "reasons": [
+                f"no knee found: every step up to {results[-1].offered_rps:g} req/s offered "
+                "met the SLO; ramp higher (--max-rate, --step-factor, --duration) to find it"]}
         if knee is None:
             return {"pass": False, "reasons": ["even the first step misses the SLO"]}
-        top = knee is results[-1]
         return {"pass": True, "reasons": [
-            f"knee at {knee.offered_rps:g} req/s offered ({knee.rows_per_s:,.0f} rows/s)"
-            + (" = the highest step tried; the real knee is higher" if top else "")]}
+            f"knee at {knee.offered_rps:g} req/s offered ({knee.rows_per_s:,.0f} rows/s); "
+            "the next step broke the SLO"]}
     reasons = [f"phase '{r.name}': p99 {_ms(r.p99_ms)} ms, error rate {r.error_rate:.2%}"
                for r in results if not r.meets_slo]
     return {"pass": not reasons, "reasons": reasons or ["every phase meets the SLO"]}
@@ -219,7 +224,8 @@ def to_markdown(summary: dict[str, Any], plots: list[str]) -> str:
     if summary["schedule"]["shape"] == "step":
         lines += ["", "**Knee:** " + (
             f"{knee['offered_rps']:g} req/s offered, {knee['rows_per_s']:,.0f} candidate "
-            f"rows/s, p99 {_ms(knee['p99_ms'])} ms" if knee else "none (first step misses)")]
+            f"rows/s, p99 {_ms(knee['p99_ms'])} ms" if knee
+            else "none found; " + summary["verdict"]["reasons"][0])]
     if "gateway" in summary:
         g = summary["gateway"]
         lines += ["", "## Gateway (scraped from /metrics)", "",

@@ -60,9 +60,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=20.0,
                    help="req/s: the constant rate, or the spike shape's base rate")
     p.add_argument("--start-rate", type=float, default=5.0, help="step: first rate")
-    p.add_argument("--step-rate", type=float, default=5.0, help="step: increment")
-    p.add_argument("--step-s", type=float, default=8.0, help="step: seconds per step")
-    p.add_argument("--max-rate", type=float, default=200.0, help="step: highest rate")
+    p.add_argument("--step-factor", type=float, default=1.5,
+                   help="step: each rate is the last one times this (reaches past a "
+                        "machine's capacity within a minute); 0 = add --step-rate instead")
+    p.add_argument("--step-rate", type=float, default=5.0,
+                   help="step: increment, with --step-factor 0")
+    p.add_argument("--step-s", type=float, default=6.0, help="step: seconds per step")
+    p.add_argument("--max-rate", type=float, default=400.0, help="step: the ceiling")
     p.add_argument("--spike-rate", type=float, default=80.0)
     p.add_argument("--spike-at", type=float, default=None,
                    help="spike: start second (default: a third into the run)")
@@ -100,7 +104,7 @@ def make_schedule(args: argparse.Namespace) -> Schedule:
         return constant(args.rate, args.duration, args.per_user_rps)
     if args.shape == "step":
         return step(args.start_rate, args.step_rate, args.step_s, args.max_rate,
-                    args.duration, args.per_user_rps)
+                    args.duration, args.per_user_rps, factor=args.step_factor or None)
     spike_at = args.spike_at if args.spike_at is not None else args.duration / 3
     return spike(args.rate, args.spike_rate, args.duration, spike_at, args.spike_s,
                  args.per_user_rps)
@@ -149,12 +153,12 @@ def progress_line(elapsed: float, schedule: Schedule, history: dict[str, str] | 
         else "draining"
     parts = [f"[{elapsed:5.1f}/{schedule.total_s:.0f} s] {where}"]
     if history:
-        parts.append(f"{history['Total Request Count']} requests, "
-                     f"{history['Total Failure Count']} failed, p50 {history['50%']} ms, "
-                     f"p99 {history['99%']} ms (last 10 s)")
+        parts.append(f"since start: {history['Total Request Count']} requests, "
+                     f"{history['Total Failure Count']} failed | last 10 s: p50 "
+                     f"{history['50%']} ms, p99 {history['99%']} ms")
     if scrape:
-        parts.append(f"gateway queue {scrape.get('queue_rows', 0):.0f} rows, "
-                     f"{scrape.get('shed_total', 0):.0f} shed")
+        parts.append(f"gateway queue now {scrape.get('queue_rows', 0):.0f} rows, "
+                     f"{scrape.get('shed_total', 0):.0f} shed since start")
     return " | ".join(parts)
 
 
@@ -208,8 +212,11 @@ def write_report(folder: Path, schedule: Schedule, slo: report.Slo,
     gateway_frame = pd.read_csv(metrics_path).fillna(0.0) if metrics_path.stat().st_size \
         else None
     summary = report.summarise(samples, schedule, t0, slo, run, gateway_frame)
-    names = [plots.latency_vs_load(folder, summary),
-             plots.throughput_over_time(folder, samples, schedule, t0)]
+    # A spike is one rate, a burst, and the same rate again: what it shows is recovery over
+    # time, which a latency-against-load line (two points) cannot.
+    first = plots.latency_over_time(folder, samples, schedule, t0, summary) \
+        if schedule.shape == "spike" else plots.latency_vs_load(folder, summary)
+    names = [first, plots.throughput_over_time(folder, samples, schedule, t0, summary)]
     if gateway_frame is not None and not gateway_frame.empty:
         names.append(plots.gateway_metrics(folder, gateway_frame, t0))
     report.write_summary(folder, summary, names)

@@ -9,7 +9,9 @@ Three shapes:
 
 * ``constant``: one rate for the whole run (the SLO check at an expected production rate).
 * ``step``: rising rates, one step after another, to find the knee: the highest offered
-  load whose p99 stays within the budget.
+  load whose p99 stays within the budget. Steps grow geometrically (``factor``) so that a
+  run of a minute reaches past the capacity of the machine (a knee can only be found by
+  going beyond it), or by a fixed increment.
 * ``spike``: a base rate, a short burst, then the base rate again (does the gateway shed
   cleanly and recover?).
 
@@ -107,22 +109,35 @@ def constant(rate: float, duration_s: float, per_user_rps: float = 1.0) -> Sched
 
 
 def step(start_rate: float, step_rate: float, step_s: float, max_rate: float,
-         duration_s: float | None = None, per_user_rps: float = 1.0) -> Schedule:
-    """Rates ``start_rate, start_rate + step_rate, ...`` up to ``max_rate``, ``step_s`` each;
-    steps that would not fit in ``duration_s`` are dropped.
+         duration_s: float | None = None, per_user_rps: float = 1.0,
+         factor: float | None = None) -> Schedule:
+    """Rates ``start_rate, start_rate + step_rate, ...`` (or, with ``factor``,
+    ``start_rate, start_rate * factor, ...``) up to ``max_rate``, ``step_s`` each; steps that
+    would not fit in ``duration_s`` are dropped.
 
     Raises:
-        ValueError: non-positive values, or not even one step fits in ``duration_s``.
+        ValueError: non-positive values, a factor not above 1, or not even one step fits in
+            ``duration_s``.
     """
-    _check_positive(start_rate=start_rate, step_rate=step_rate, step_s=step_s,
-                    max_rate=max_rate, per_user_rps=per_user_rps)
-    count = math.floor((max_rate - start_rate) / step_rate + 1e-9) + 1
+    _check_positive(start_rate=start_rate, step_s=step_s, max_rate=max_rate,
+                    per_user_rps=per_user_rps)
+    if factor is None:
+        _check_positive(step_rate=step_rate)
+        rates = [start_rate + i * step_rate
+                 for i in range(math.floor((max_rate - start_rate) / step_rate + 1e-9) + 1)]
+    else:
+        if not factor > 1:
+            raise ValueError(f"factor must be > 1, got {factor}")
+        rates = []
+        while not rates or rates[-1] * factor <= max_rate * (1 + 1e-9):
+            rates.append(start_rate * factor ** len(rates))
+        rates = [round(r, 2) for r in rates]
+    count = len(rates)
     if duration_s is not None:
         count = min(count, int(duration_s // step_s))
     if count < 1:
         raise ValueError(f"no step of {step_s} s fits in a run of {duration_s} s")
-    phases = tuple(Phase(f"step{i + 1}", i * step_s, step_s, start_rate + i * step_rate)
-                   for i in range(count))
+    phases = tuple(Phase(f"step{i + 1}", i * step_s, step_s, rates[i]) for i in range(count))
     return Schedule("step", phases, per_user_rps)
 
 

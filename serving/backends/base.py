@@ -10,6 +10,7 @@ import numpy as np
 
 from serving.repository.served import ServedModel
 from serving.settings import Settings
+from serving.telemetry.metrics import Metrics
 
 
 @dataclass
@@ -18,6 +19,9 @@ class BackendOutput:
 
     outputs: dict[str, np.ndarray]
     degraded: bool = False
+    backend: str | None = None
+    """The name of the backend that ran the batch, when it is not the one the batcher drives
+    (a fallback's): metrics label the batch with it."""
 
 
 class Backend(abc.ABC):
@@ -43,6 +47,10 @@ class Backend(abc.ABC):
     async def aclose(self) -> None:
         """Release everything :meth:`start` opened. Safe to call twice."""
 
+    def bind_metrics(self, metrics: Metrics) -> None:  # noqa: B027 - optional hook
+        """Report the backend's own state (a circuit breaker) into the app's ``metrics``;
+        called once after the backend is built. The default has nothing to report."""
+
     @abc.abstractmethod
     def healthy(self) -> bool:
         """Whether the backend can take work now (feeds ``/readyz``)."""
@@ -51,7 +59,10 @@ class Backend(abc.ABC):
     async def infer(
         self, model: str, inputs: Mapping[str, np.ndarray], timeout_s: float
     ) -> BackendOutput:
-        """Score one batch; must return within ``timeout_s`` or raise.
+        """Score one batch; raise :class:`~serving.errors.DeadlineExceeded` once
+        ``timeout_s`` has passed. A backend whose work cannot be abandoned (a worker thread
+        inside ONNX Runtime) returns only when that work has stopped, so the instance slot
+        the batcher holds for it stays taken until the instance is really free.
 
         Raises:
             serving.errors.DeadlineExceeded: the timeout passed.

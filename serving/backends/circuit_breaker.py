@@ -5,6 +5,8 @@ fails over, so a Triton outage costs each request its whole budget. With it, aft
 ``failures`` consecutive failures the breaker opens and calls fail at once (the failover
 policy answers them); after ``reset_s`` it lets exactly one call through (half-open). That
 probe's success closes the breaker, its failure opens it for another ``reset_s``.
+Listeners (:meth:`CircuitBreaker.watch`) hear every change of state: the gateway turns them
+into the ``rankserve_circuit_breaker_state`` gauge.
 """
 
 from __future__ import annotations
@@ -35,6 +37,15 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self.opened_count = 0
         """How many times the breaker has opened (for metrics and tests)."""
+        self._listeners: list[Callable[[BreakerState], None]] = []
+
+    def watch(self, listener: Callable[[BreakerState], None]) -> None:
+        """Call ``listener`` with the current state now and with every later change.
+
+        A listener must not raise: it runs inside the backend's call path.
+        """
+        self._listeners.append(listener)
+        listener(self._state)
 
     @property
     def state(self) -> BreakerState:
@@ -45,7 +56,7 @@ class CircuitBreaker:
         if self._state is BreakerState.CLOSED:
             return True
         if self.probe_due():
-            self._state = BreakerState.HALF_OPEN
+            self._set(BreakerState.HALF_OPEN)
             return True
         return False
 
@@ -56,7 +67,7 @@ class CircuitBreaker:
 
     def record_success(self) -> None:
         self._consecutive = 0
-        self._state = BreakerState.CLOSED
+        self._set(BreakerState.CLOSED)
 
     def record_failure(self) -> None:
         self._consecutive += 1
@@ -66,7 +77,7 @@ class CircuitBreaker:
     def record_abandoned(self) -> None:
         """The call was cancelled by its caller: no verdict, but a probe slot is freed."""
         if self._state is BreakerState.HALF_OPEN:
-            self._state = BreakerState.OPEN
+            self._set(BreakerState.OPEN)
             self._opened_at = self._clock() - self.reset_s  # the next call probes again
 
     def reset(self) -> None:
@@ -76,5 +87,12 @@ class CircuitBreaker:
     def _open(self) -> None:
         if self._state is not BreakerState.OPEN:
             self.opened_count += 1
-        self._state = BreakerState.OPEN
         self._opened_at = self._clock()
+        self._set(BreakerState.OPEN)
+
+    def _set(self, state: BreakerState) -> None:
+        if state is self._state:
+            return
+        self._state = state
+        for listener in self._listeners:
+            listener(state)

@@ -11,6 +11,11 @@ Policy ``none`` (no fallback): the batch fails at once with
 
 Either way no request waits longer than its budget: the primary is bounded by its deadline
 and a circuit breaker that turns a dead Triton into an immediate ``Unavailable``.
+
+Metrics tell which backend ran a batch: a fallback's output names the fallback
+(``BackendOutput.backend``), so its time is recorded under ``backend="onnxruntime"``, not
+under Triton's name; every failed-over batch counts in ``rankserve_failover_batches`` and the
+primary's breaker state is the ``rankserve_circuit_breaker_state`` gauge.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from serving.backends.base import Backend, BackendOutput
+from serving.backends.circuit_breaker import BreakerState, CircuitBreaker
 from serving.errors import BadRequest, DeadlineExceeded, RankServeError, Unavailable
+from serving.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,21 @@ class FailoverBackend(Backend):
         self.name = primary.name
         self.failovers = 0
         """Batches the fallback scored (for metrics and tests)."""
+        self._metrics: Metrics | None = None
+        self._closed = False
+
+    def bind_metrics(self, metrics: Metrics) -> None:
+        """Count failed-over batches and mirror the primary's circuit breaker (if it has
+        one) into ``metrics``; a closed backend stops reporting, so an old generation
+        draining after a reload cannot overwrite the new one's breaker state."""
+        self._metrics = metrics
+        breaker = getattr(self.primary, "breaker", None)
+        if isinstance(breaker, CircuitBreaker):
+            breaker.watch(self._report_breaker)
+
+    def _report_breaker(self, state: BreakerState) -> None:
+        if self._metrics is not None and not self._closed:
+            self._metrics.set_breaker_state(self.primary.name, state.value)
 
     @property
     def instances(self) -> int:
@@ -60,6 +82,7 @@ class FailoverBackend(Backend):
             raise
 
     async def aclose(self) -> None:
+        self._closed = True
         await self.primary.aclose()
         if self.fallback is not None:
             await self.fallback.aclose()
@@ -95,7 +118,10 @@ class FailoverBackend(Backend):
         if remaining <= 0:
             raise DeadlineExceeded("no time left to fall back after the primary failed")
         self.failovers += 1
+        if self._metrics is not None:
+            self._metrics.failover_batches.labels(self.primary.name, self.fallback.name).inc()
         log.debug("failing over a batch of %s to %s: %s", model, self.fallback.name,
                   primary_error.message)
         output = await self.fallback.infer(model, inputs, remaining)
-        return BackendOutput(output.outputs, degraded=True)
+        return BackendOutput(output.outputs, degraded=True,
+                             backend=output.backend or self.fallback.name)

@@ -5,10 +5,19 @@ while it computes, so the event loop keeps accepting and batching requests while
 ``instances`` batches run. Each instance has its own session per model (a session pool),
 so instances never contend for one session's internal state.
 
-Providers are tried in the configured order (TensorRT -> CUDA -> CPU by default); one that
-this ONNX Runtime build lacks, or that fails to initialise, is skipped with the reason
-logged. On CUDA the inputs and outputs go through I/O binding, so ONNX Runtime copies each
-tensor once instead of staging it through extra host buffers.
+Providers are tried in the configured order (TensorRT -> CUDA -> CPU by default) with
+their options from the settings (:mod:`serving.backends.ort_providers`). Every provider a
+session did not get is a WARNING with ONNX Runtime's reason, and where
+``require_providers`` asks for it (by default whenever the first provider is a GPU one)
+the backend refuses to start instead of serving on the CPU. :meth:`session_providers`
+says what each session really runs on. On GPU providers (or with ``io_binding: on``)
+batches go through bound I/O with buffers reused per shape
+(:mod:`serving.backends.ort_binding`).
+
+A batch past its deadline is told to stop (``RunOptions.terminate``), but its instance is
+held until the worker thread has really returned: ONNX Runtime checks the flag between
+nodes only, and a slot handed out while a stuck GPU run still occupies the worker would
+queue the next batch invisibly behind it.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +35,8 @@ import numpy as np
 import onnxruntime as ort
 
 from serving.backends.base import Backend, BackendOutput
+from serving.backends.ort_binding import BoundRunner
+from serving.backends.ort_providers import GPU_PROVIDERS, ProviderPlan
 from serving.errors import BackendError, DeadlineExceeded, ModelCardError, Unavailable
 from serving.repository.served import ServedModel
 from serving.settings import Settings, default
@@ -37,58 +49,43 @@ OPTIMIZATION_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
 def choose_providers(requested: Sequence[str]) -> list[str]:
-    """The requested providers this ONNX Runtime build has, in the requested order.
+    """The requested providers this ONNX Runtime build has, in the requested order, CPU
+    last so a session can always be created (see :meth:`ProviderPlan.chain`)."""
+    return ProviderPlan(tuple(requested)).chain()[0]
 
-    CPU is always appended last so a session can always be created.
-    """
-    available = set(ort.get_available_providers())
-    chosen = []
-    for name in requested:
-        if name in available:
-            chosen.append(name)
-        else:
-            log.info("ONNX Runtime provider %s skipped: not in this build (available: %s)",
-                     name, ", ".join(sorted(available)))
-    if "CPUExecutionProvider" not in chosen:
-        chosen.append("CPUExecutionProvider")
-    return chosen
+
+class _Worker:
+    """One session and, where bound I/O is on, its runner."""
+
+    def __init__(self, session: ort.InferenceSession, bound: BoundRunner | None) -> None:
+        self.session = session
+        self.bound = bound
 
 
 class _SessionPool:
     """``instances`` sessions of one model; a worker thread borrows one per batch."""
 
-    def __init__(self, sessions: list[ort.InferenceSession]) -> None:
-        self._free: queue.SimpleQueue[ort.InferenceSession] = queue.SimpleQueue()
-        for session in sessions:
-            self._free.put(session)
-        first = sessions[0]
+    def __init__(self, workers: list[_Worker]) -> None:
+        self._free: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        for worker in workers:
+            self._free.put(worker)
+        first = workers[0].session
         self.output_names = [o.name for o in first.get_outputs()]
-        self.providers: list[str] = first.get_providers()
-        self.on_gpu = any(p in _GPU_PROVIDERS for p in self.providers)
+        self.session_providers = [w.session.get_providers() for w in workers]
+        self.providers: list[str] = self.session_providers[0]
 
     def run(self, inputs: Mapping[str, np.ndarray], options: ort.RunOptions) -> dict[str, Any]:
-        session = self._free.get()
+        worker = self._free.get()
         try:
-            if self.on_gpu:
-                return self._run_bound(session, inputs, options)
-            values = session.run(self.output_names, dict(inputs), options)
+            if worker.bound is not None:
+                return worker.bound.run(inputs, options)
+            values = worker.session.run(self.output_names, dict(inputs), options)
             return dict(zip(self.output_names, values, strict=True))
         finally:
-            self._free.put(session)
-
-    def _run_bound(self, session: ort.InferenceSession, inputs: Mapping[str, np.ndarray],
-                   options: ort.RunOptions) -> dict[str, Any]:
-        binding = session.io_binding()
-        for name, value in inputs.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        for name in self.output_names:
-            binding.bind_output(name, "cuda")
-        session.run_with_iobinding(binding, options)
-        return dict(zip(self.output_names, binding.copy_outputs_to_cpu(), strict=True))
+            self._free.put(worker)
 
 
 class OnnxRuntimeBackend(Backend):
@@ -100,61 +97,89 @@ class OnnxRuntimeBackend(Backend):
                  providers: Sequence[str] = default("providers"),
                  intra_op_threads: int = default("intra_op_threads"),
                  inter_op_threads: int = default("inter_op_threads"),
-                 graph_optimization: str = default("graph_optimization")) -> None:
+                 graph_optimization: str = default("graph_optimization"),
+                 plan: ProviderPlan | None = None,
+                 io_binding: str = default("io_binding")) -> None:
         self._models = dict(models)
         self._instances = instances
-        self._providers = list(providers)
+        self._plan = plan or ProviderPlan(tuple(providers), default("require_providers"))
         self._intra, self._inter = intra_op_threads, inter_op_threads
         self._optimization = OPTIMIZATION_LEVELS[graph_optimization]
+        self._io_binding = io_binding
         self._pools: dict[str, _SessionPool] = {}
         self._executor: ThreadPoolExecutor | None = None
+        self._busy = 0
 
     @classmethod
     def from_settings(cls, settings: Settings, models: Mapping[str, ServedModel]
                       ) -> OnnxRuntimeBackend:
         return cls({key: m.onnx_path for key, m in models.items()},
-                   instances=settings.instances, providers=settings.providers,
+                   instances=settings.instances,
                    intra_op_threads=settings.intra_op_threads,
                    inter_op_threads=settings.inter_op_threads,
-                   graph_optimization=settings.graph_optimization)
+                   graph_optimization=settings.graph_optimization,
+                   plan=ProviderPlan.from_settings(settings), io_binding=settings.io_binding)
 
     @property
     def instances(self) -> int:
         return self._instances
+
+    @property
+    def busy_workers(self) -> int:
+        """Worker threads inside a run now (a run cut off at its deadline counts until its
+        thread returns)."""
+        return self._busy
 
     async def start(self) -> None:
         """Create the worker threads and every model's sessions (in a worker thread).
 
         Raises:
             ModelCardError: an ONNX file is missing or ONNX Runtime cannot load it.
+            Unavailable: a provider that ``require_providers`` requires did not load; the
+                message names it and ONNX Runtime's reason.
         """
         self._executor = ThreadPoolExecutor(self._instances, thread_name_prefix="onnxruntime")
-        providers = choose_providers(self._providers)
         loop = asyncio.get_running_loop()
-        for model, path in self._models.items():
-            sessions = await loop.run_in_executor(self._executor, self._load, model, path,
-                                                  providers)
-            self._pools[model] = _SessionPool(sessions)
+        try:
+            providers, options = self._plan.chain()
+            for model, path in self._models.items():
+                workers = await loop.run_in_executor(self._executor, self._load, model, path,
+                                                     providers, options)
+                self._pools[model] = _SessionPool(workers)
+        except BaseException:
+            await self.aclose()
+            raise
 
-    def _load(self, model: str, path: Path, providers: list[str]) -> list[ort.InferenceSession]:
+    def _load(self, model: str, path: Path, providers: list[str],
+              provider_options: list[dict[str, str]]) -> list[_Worker]:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self._intra
         options.inter_op_num_threads = self._inter
         options.graph_optimization_level = self._optimization
         try:
-            sessions = [ort.InferenceSession(str(path), options, providers=providers)
+            sessions = [ort.InferenceSession(str(path), options, providers=providers,
+                                             provider_options=provider_options)
                         for _ in range(self._instances)]
         except Exception as e:  # ORT raises its own untyped errors (file, graph, kernel)
             raise ModelCardError(f"ONNX Runtime cannot load model '{model}': {e}",
                                  field=str(path)) from e
+        checked: list[list[str]] = []
+        for session in sessions:  # sessions of one model normally agree: check each kind once
+            if (got := session.get_providers()) not in checked:
+                self._plan.check(model, got, path)
+                checked.append(got)
         enabled = sessions[0].get_providers()
-        for name in providers:
-            if name not in enabled:
-                log.warning("ONNX Runtime provider %s skipped for model %s: it failed to "
-                            "initialise (driver or libraries missing?)", name, model)
         log.info("loaded model %s with %d session(s) on %s", model, self._instances,
                  ", ".join(enabled))
-        return sessions
+        return [_Worker(s, self._runner(s)) for s in sessions]
+
+    def _runner(self, session: ort.InferenceSession) -> BoundRunner | None:
+        first = session.get_providers()[0]
+        on_gpu = first in GPU_PROVIDERS
+        if self._io_binding == "off" or (self._io_binding == "auto" and not on_gpu):
+            return None
+        device_id = int(self._plan.options.get(first, {}).get("device_id", "0"))
+        return BoundRunner(session, "cuda" if on_gpu else "cpu", device_id if on_gpu else 0)
 
     async def aclose(self) -> None:
         self._pools.clear()
@@ -166,17 +191,32 @@ class OnnxRuntimeBackend(Backend):
         return self._executor is not None and len(self._pools) == len(self._models)
 
     def providers(self, model: str) -> list[str]:
-        """The providers a model's sessions actually run on, best first."""
+        """The providers a model's first session actually runs on, best first.
+
+        Raises:
+            KeyError: the model is not loaded.
+        """
         return list(self._pools[model].providers)
+
+    def session_providers(self) -> dict[str, list[list[str]]]:
+        """For every loaded model, the providers each of its sessions really runs on (best
+        first): what ``/metrics`` and ``/v2`` metadata report."""
+        return {model: [list(p) for p in pool.session_providers]
+                for model, pool in self._pools.items()}
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray],
                     timeout_s: float) -> BackendOutput:
         """Run one batch in a worker thread.
 
+        A run past ``timeout_s`` is told to stop, and this call returns (raising
+        :class:`DeadlineExceeded`) only once its worker thread has returned, so the caller
+        holds its instance slot as long as the instance is really busy. The same holds if
+        this call is cancelled.
+
         Raises:
             Unavailable: the backend is not started or is closing.
             BackendError: the model is not loaded here, or ONNX Runtime failed on the batch.
-            DeadlineExceeded: ``timeout_s`` passed; the run is told to stop early.
+            DeadlineExceeded: ``timeout_s`` passed; the run was told to stop early.
         """
         pool = self._pools.get(model)
         if self._executor is None:
@@ -184,14 +224,42 @@ class OnnxRuntimeBackend(Backend):
         if pool is None:
             raise BackendError(f"model '{model}' is not loaded in ONNX Runtime")
         options = ort.RunOptions()
-        future = asyncio.get_running_loop().run_in_executor(self._executor, pool.run, inputs,
-                                                            options)
+        loop = asyncio.get_running_loop()
+        self._busy += 1
+        future = loop.run_in_executor(self._executor, pool.run, inputs, options)
+        future.add_done_callback(self._worker_returned)
+        started = time.monotonic()
         try:
-            outputs = await asyncio.wait_for(future, max(timeout_s, 0.0))
-        except asyncio.TimeoutError:
+            outputs = await asyncio.wait_for(asyncio.shield(future), max(timeout_s, 0.0))
+        except (asyncio.TimeoutError, asyncio.CancelledError) as e:
             options.terminate = True  # the worker thread stops at ORT's next check
+            await _until_done(future)
+            log.warning("a batch of model %s ran %.3f s, past its %.3f s timeout, until its "
+                        "worker returned", model, time.monotonic() - started, timeout_s)
+            if isinstance(e, asyncio.CancelledError):
+                raise
             raise DeadlineExceeded("the batch did not finish within its deadline") from None
         except Exception as e:
             log.error("ONNX Runtime failed on a batch of model %s: %s", model, e)
             raise BackendError("ONNX Runtime failed on this batch") from e
         return BackendOutput(outputs)
+
+    def _worker_returned(self, _: asyncio.Future[Any]) -> None:
+        self._busy -= 1
+
+
+async def _until_done(future: asyncio.Future[Any]) -> None:
+    """Wait for ``future`` whatever happens: cancelling this wait does not end it early
+    (the cancellation is re-raised once the future is done)."""
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancelled = True
+        except Exception:  # the terminated run's own error: its outcome is the timeout
+            break
+    if not future.cancelled():
+        future.exception()  # retrieved, so asyncio does not log it as never retrieved
+    if cancelled:
+        raise asyncio.CancelledError

@@ -13,7 +13,8 @@ Policy (DESIGN.md, "The batcher"):
   fitted fixed cost per batch), or (d) it holds a chunk of a request whose other chunks run
   (the request cannot finish before this chunk does). While another instance is idle a
   batch takes at most one chunk per request, so large requests run in parallel.
-* Limits are in rows: past ``max_queue_rows`` a request is refused at once (429). Work whose
+* Limits are in rows, counting every row a batch carries (a request's user rows too, once
+  per chunk): past ``max_queue_rows`` a request is refused at once (429). Work whose
   deadline has passed, or cannot be met even if started now (predicted service time), is
   dropped unscored (504). A request whose client went away has its
   queued chunks removed; if its rows are already running, the batch still answers the
@@ -120,17 +121,18 @@ class Batcher:
         """
         loop = asyncio.get_running_loop()
         rows = self.layout.rows_of(inputs)
-        self.admit(rows, deadline)
         now = loop.time()
         slack = max(self.policy.min_slack_s, self.policy.slack_fraction * (deadline - now))
         job = Job(dict(inputs), rows, deadline, now, loop.create_future(),
                   self.layout.signature(inputs), dispatch_by=deadline - slack)
         mergeable = self.policy.batching and self.layout.splittable
         job.split(min(self.policy.chunk_rows, self.policy.batch_rows) if mergeable else 0)
+        cost = sum(self._cost(chunk) for chunk in job.chunks)
+        self.admit(cost, deadline)
         job.future.add_done_callback(lambda _: self._drop_queued(job))
         for chunk in job.chunks:
             self._queue.push(chunk)
-        self._add_queued(rows)
+        self._add_queued(cost)
         self._arrival.set()
         try:
             return await asyncio.wait_for(job.future, deadline - now)
@@ -140,6 +142,9 @@ class Batcher:
 
     def admit(self, rows: int, deadline: float, prep_s: float = 0.0) -> None:
         """Refuse a request that cannot be served, before anyone spends CPU encoding it.
+
+        ``rows`` counts every row its batches will carry: candidate rows, and its user rows
+        once per chunk (each batch holding a chunk carries them all; see :meth:`_cost`).
 
         Its finish time is estimated as now + ``prep_s`` (the caller's own work before it
         submits, e.g. encoding) + the per-row cost of the rows due before it (queued rows
@@ -186,7 +191,7 @@ class Batcher:
         for chunk in job.chunks:
             if chunk.state is ChunkState.QUEUED:
                 chunk.state = ChunkState.DROPPED
-                dropped += chunk.rows
+                dropped += self._cost(chunk)
                 chunks += 1
         if dropped:
             self._add_queued(-dropped)
@@ -200,6 +205,18 @@ class Batcher:
     def _add_queued(self, rows: int) -> None:
         self.queued_rows += rows
         self.metrics.queue_rows.inc(rows)
+
+    def _cost(self, chunk: Chunk) -> int:
+        """Rows a batch carries for ``chunk`` alone: its candidate rows and its request's
+        user rows (a batch carries those once per request, see :meth:`_batch_cost`)."""
+        return chunk.rows + self.layout.user_rows_of(chunk.job.inputs)
+
+    def _batch_cost(self, chunks: list[Chunk]) -> int:
+        """Rows a batch of ``chunks`` carries: every candidate row, user rows once per
+        request. What queue, batch and latency limits count."""
+        jobs = {id(c.job): c.job for c in chunks}
+        return sum(c.rows for c in chunks) + sum(self.layout.user_rows_of(j.inputs)
+                                                 for j in jobs.values())
 
     # -- the dispatcher --------------------------------------------------------------------
 
@@ -235,7 +252,7 @@ class Batcher:
                 return []
             entries, full = self._take(now)
             chunks = [chunk for _, _, chunk in entries]
-            rows = sum(c.rows for c in chunks)
+            rows = self._batch_cost(chunks)
             wake_at = min(min(c.job.dispatch_by for c in chunks) - self.latency.bound(rows),
                           min(c.job.enqueued_at for c in chunks) + self._max_wait())
             if full or now >= wake_at or any(c.job.started for c in chunks):
@@ -268,23 +285,24 @@ class Batcher:
         policy = self.policy
         mergeable = policy.batching and self.layout.splittable
         taken: list[Entry] = []
-        rows = 0
+        rows = 0  # every row the batch carries: candidates, and user rows once per request
         by = math.inf
         while self._queue:
             chunk = self._queue.head()
             if not chunk.alive:
                 self._queue.pop()
                 continue
+            same_job = any(c.job is chunk.job for _, _, c in taken)
+            more = chunk.rows if same_job else self._cost(chunk)
             if taken and (not mergeable
                           or chunk.job.signature != taken[0][2].job.signature
-                          or rows + chunk.rows > policy.batch_rows
-                          or now + self.latency.bound(rows + chunk.rows)
+                          or rows + more > policy.batch_rows
+                          or now + self.latency.bound(rows + more)
                           > min(by, chunk.job.dispatch_by)
-                          or (self.slots.free > 0
-                              and any(c.job is chunk.job for _, _, c in taken))):
+                          or (self.slots.free > 0 and same_job)):
                 return taken, True
             taken.append(self._queue.pop())
-            rows += chunk.rows
+            rows += more
             by = min(by, chunk.job.dispatch_by)
             if rows >= policy.batch_rows or not mergeable:
                 return taken, True
@@ -300,7 +318,7 @@ class Batcher:
         while self._queue:
             chunk = self._queue.head()
             deadline = chunk.deadline
-            late = deadline <= now or (doomed and now + self.latency.predict(chunk.rows)
+            late = deadline <= now or (doomed and now + self.latency.predict(self._cost(chunk))
                                        > deadline)
             if chunk.alive and not late:
                 return
@@ -319,9 +337,9 @@ class Batcher:
         for chunk in chunks:
             chunk.state = ChunkState.RUNNING
             rows += chunk.rows
+            self._add_queued(-self._cost(chunk))  # as queued: user rows once per chunk
             self.metrics.queue_wait.observe(dispatched - chunk.job.enqueued_at)
-        self._add_queued(-rows)
-        self._running_rows += rows
+        self._running_rows += self._batch_cost(chunks)
         self.metrics.inflight_batches.inc()
         self.metrics.batch_rows.labels(self.model).observe(rows)
         task = loop.create_task(self._run_batch(chunks, dispatched))
@@ -350,7 +368,7 @@ class Batcher:
                     if failed is not None:
                         self._fail(group, failed)
         finally:
-            self._running_rows -= sum(c.rows for c in chunks)
+            self._running_rows -= self._batch_cost(chunks)
             self.metrics.inflight_batches.dec()
             self.slots.release()
 
@@ -358,6 +376,7 @@ class Batcher:
         """Merge, infer, split and complete the chunks; the error instead, if any."""
         loop = asyncio.get_running_loop()
         rows = sum(c.rows for c in chunks)
+        carried = self._batch_cost(chunks)  # what the latency model learns and predicts
         try:
             inputs, rows = self.layout.merge(chunks)
             timeout = max(c.deadline for c in chunks) - loop.time()
@@ -368,7 +387,7 @@ class Batcher:
             # Cut off, so at least this slow: learning that lower bound keeps the model
             # current and pessimistic exactly when batches run late.
             now = loop.time()
-            self.latency.observe(rows, now - dispatched, at=now)
+            self.latency.observe(carried, now - dispatched, at=now)
             return e
         except RankServeError as e:
             return e
@@ -376,14 +395,18 @@ class Batcher:
             log.exception("backend failed on a batch", extra={"model": self.model,
                                                               "rows": rows})
             return BackendError("the backend failed on this request's batch")
-        self.metrics.backend_latency.labels(self.backend.name).observe(elapsed)
+        # Under the backend that ran it: a failed-over batch is the fallback's, not Triton's.
+        self.metrics.backend_latency.labels(output.backend or self.backend.name).observe(elapsed)
         if not output.degraded:
             # A fallback's answer timed the failed primary plus another backend: learning
             # it would leave the model pessimistic, and shedding, after the primary is back.
-            error = self.latency.observe(rows, elapsed, at=loop.time())
+            error = self.latency.observe(carried, elapsed, at=loop.time())
             self.metrics.latency_model_error.labels(self.backend.name).observe(abs(error))
         for chunk, part in zip(chunks, parts, strict=True):
+            pending = not chunk.job.future.done()
             chunk.job.complete(chunk, part, output.degraded, dispatched, elapsed, rows)
+            if pending and chunk.job.future.done() and chunk.job.degraded:
+                self.metrics.degraded_answers.labels(self.model).inc()  # answered degraded
         return None
 
     @staticmethod
@@ -391,3 +414,4 @@ class Batcher:
         for chunk in chunks:
             chunk.state = ChunkState.DONE
             set_if_pending(chunk.job.future, error=error)
+

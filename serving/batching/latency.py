@@ -6,6 +6,14 @@ two coefficients cannot be told apart) the prior keeps the split sensible, and o
 observations fade so the model follows a backend whose speed drifts (thermal throttling,
 a neighbour on the same cores). The batcher uses :meth:`LatencyModel.bound` (prediction
 plus a margin of two residual standard deviations) to decide how long a batch may wait.
+
+Updates are robust to outliers (a one-sided Huber-style clip): an observation is learned
+as at most ``clip_sigmas`` residual deviations plus ``clip_fraction`` of the prediction
+above the prediction (a faster batch is learned as it is: a pessimistic model must be able
+to recover at once). One 10 s TensorRT engine build, a page-in or a GC pause therefore moves the
+fit by a bounded step instead of having it predict seconds for hundreds of batches (and
+admission refuse them), while a backend that really slows down is followed within tens
+of batches, since each clipped step widens the residual deviation and so the next clip.
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ class LatencyModel:
     """Predicts a batch's service time in seconds from its row count."""
 
     def __init__(self, fixed_s: float = 0.001, per_row_s: float = 5e-6,
-                 forgetting: float = 0.97, prior_weight: float = 0.05) -> None:
+                 forgetting: float = 0.97, prior_weight: float = 0.05,
+                 clip_sigmas: float = 3.0, clip_fraction: float = 0.5) -> None:
         self._prior = np.array([fixed_s * 1e3, per_row_s * 1e3 * _ROW_SCALE])
         self._ridge = prior_weight * np.eye(2)
         self._forgetting = forgetting
@@ -29,6 +38,7 @@ class LatencyModel:
         self._sxy = np.zeros(2)
         self._theta = self._prior.copy()
         self._residual_var = (0.5 * fixed_s * 1e3) ** 2
+        self._clip_sigmas, self._clip_fraction = clip_sigmas, clip_fraction
         self.updated_at = -math.inf
 
     def fresh(self, now: float, within_s: float = 1.0) -> bool:
@@ -59,16 +69,21 @@ class LatencyModel:
 
     def observe(self, rows: int, seconds: float, at: float | None = None) -> float:
         """Learn from one finished batch; returns the prediction error in seconds
-        (observed minus predicted, before this observation was learned). ``at`` (a loop
-        time) marks the model as current: see :meth:`fresh`. Warm-up runs leave it out."""
+        (observed minus predicted, before this observation was learned, unclipped). ``at``
+        (a loop time) marks the model as current: see :meth:`fresh`. Warm-up runs leave it
+        out. The observation is clipped before it is learned (see the module docstring)."""
         if at is not None:
             self.updated_at = at
-        error = seconds - self.predict(rows)
-        x, y = self._x(rows), seconds * 1e3
+        predicted = self.predict(rows) * 1e3
+        error = seconds * 1e3 - predicted
+        limit = (self._clip_sigmas * math.sqrt(self._residual_var)
+                 + self._clip_fraction * predicted)
+        learned = min(error, limit)  # faster than predicted: nothing to guard against
+        x, y = self._x(rows), predicted + learned
         lam = self._forgetting
         self._sxx = lam * self._sxx + np.outer(x, x)
         self._sxy = lam * self._sxy + x * y
         self._theta = np.linalg.solve(self._sxx + self._ridge,
                                       self._sxy + self._ridge @ self._prior)
-        self._residual_var = lam * self._residual_var + (1 - lam) * (error * 1e3) ** 2
-        return error
+        self._residual_var = lam * self._residual_var + (1 - lam) * learned ** 2
+        return error / 1e3

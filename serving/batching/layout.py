@@ -50,6 +50,12 @@ class Layout:
         """
         raise NotImplementedError
 
+    def user_rows_of(self, inputs: Mapping[str, np.ndarray]) -> int:
+        """Rows of the per-request inputs, which every batch holding any of the request's
+        candidate rows carries in full (0 where there are none): they cost like candidate
+        rows, so admission and batch limits count them too."""
+        return 0
+
     def signature(self, inputs: Mapping[str, np.ndarray]) -> tuple[object, ...]:
         """Requests merge only when their signatures are equal (same trailing shapes)."""
         raise NotImplementedError
@@ -85,6 +91,9 @@ class CandidateLayout(Layout):
         if n and (index.min() < 0 or index.max() >= r):
             raise BadRequest(f"'{self.index}' values must lie in [0, {r})", field=self.index)
         return n
+
+    def user_rows_of(self, inputs: Mapping[str, np.ndarray]) -> int:
+        return _leading(inputs, self.shared) if self.index is not None else 0
 
     def signature(self, inputs: Mapping[str, np.ndarray]) -> tuple[object, ...]:
         return tuple((name, inputs[name].shape[1:], inputs[name].dtype)

@@ -36,6 +36,7 @@ def create_app(settings: Settings, backend_factory: BackendFactory = build_backe
     app.cleanup_ctx.append(_data_plane)
     app.on_shutdown.append(_stop_being_ready)
     app.router.add_post("/v1/rank", handlers.rank)
+    app.router.add_get("/v1/models/{model}", handlers.model_schema)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)

@@ -30,7 +30,7 @@ from serving.rollout.controller import Rollout
 from serving.rollout.generation import Generation, Served
 from serving.rollout.shadow import ShadowScorer
 from serving.settings import Settings
-from serving.telemetry.metrics import Metrics
+from serving.telemetry.metrics import Metrics, served_var
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,7 @@ class DataPlane:
         if served.ranker is None:
             raise NotFound(f"model '{name}' has no model card; /v1/rank needs one",
                            field="model")
+        served_var.set((served.model.name, str(served.model.version)))  # latency labels
         return generation, served, served.ranker
 
     async def rank(self, request: RankRequest, deadline: float) -> RankResult:
@@ -172,6 +173,10 @@ class DataPlane:
         generation, served, ranker = self._route(request)
         weights = ranker.value.weights(request.weights)
         shown = ranker.value.task_indices(request.return_tasks)
+        ignored = ranker.encoder.unknown_features(request.user, request.context,
+                                                  request.candidates)
+        if ignored and self.settings.strict_features:
+            ranker.encoder.refuse_unknown(request.user, request.context, request.candidates)
         batcher = served.batcher
         batcher.admit(request.n, deadline, self._encode_s_per_row * request.n)
         tensors = ranker.encode(request)
@@ -181,6 +186,7 @@ class DataPlane:
         with generation.using():  # held until the shadow task holds it too
             result = await batcher.submit(tensors, deadline)
             ranked = ranker.rank(request, result.outputs, weights, shown, result.degraded)
+            ranked.ignored = ignored
             ranked.timings.update(queue_ms=round(result.queue_s * 1e3, 3),
                                   backend_ms=round(result.backend_s * 1e3, 3),
                                   batch_rows=result.batch_rows,
@@ -204,6 +210,7 @@ class DataPlane:
         if served is None:
             raise NotFound(f"model '{model.name}' version {model.version} is no longer "
                            f"loaded", field="version")
+        served_var.set((model.name, str(model.version)))  # latency labels
         if served.ranker is not None:
             served.ranker.check_ids(inputs)
         with generation.using():

@@ -7,10 +7,12 @@ to the middleware.
 
 from __future__ import annotations
 
+import os
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from serving.errors import Unavailable, UnsupportedMediaType
+from serving.errors import NotFound, Unavailable, UnsupportedMediaType
 from serving.gateway import rank_codec
 from serving.gateway.keys import DATA_PLANE, METRICS, REQUEST_ID, SETTINGS
 from serving.gateway.rules import deadline, parse_json, read_body
@@ -43,9 +45,24 @@ async def rank(request: web.Request) -> web.Response:
                         content_type="application/json")
 
 
+async def model_schema(request: web.Request) -> web.Response:
+    """``GET /v1/models/{model}``: what a caller may send to ``/v1/rank`` for this model
+    (its schema's features with their request fields, tasks, default weights) and the
+    versions served."""
+    plane = request.app[DATA_PLANE]
+    name = request.match_info["model"]
+    ranker = plane.rankers.get(name)
+    if ranker is None:
+        plane.model(name)  # NotFound / Unavailable as on /v2, when it is not served at all
+        raise NotFound(f"model '{name}' has no model card; /v1/rank needs one", field="model")
+    return web.json_response({"name": name, "version": ranker.model.version,
+                              "versions": plane.versions(name), **ranker.encoder.describe()})
+
+
 async def healthz(request: web.Request) -> web.Response:
-    """Liveness: the process answers."""
-    return web.json_response({"status": "alive"})
+    """Liveness: the process answers (with its pid: under ``--workers N`` it tells which
+    worker a connection reached)."""
+    return web.json_response({"status": "alive", "pid": os.getpid()})
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -28,6 +28,7 @@ from serving.errors import (
 from serving.gateway.keys import ARRIVAL, METRICS, REQUEST_ID, SETTINGS
 from serving.gateway.rules import check_bearer, valid_request_id
 from serving.telemetry.logs import request_id_var
+from serving.telemetry.metrics import served_var, status_class
 
 log = logging.getLogger("rankserve.access")
 
@@ -70,6 +71,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     given = request.headers.get("X-Request-Id", "")
     request[REQUEST_ID] = given if valid_request_id(given) else uuid.uuid4().hex
     token = request_id_var.set(request[REQUEST_ID])
+    served_token = served_var.set(None)
     metrics = request.app[METRICS]
     status = STATUS_CLIENT_CLOSED
     try:
@@ -90,7 +92,10 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         elapsed = loop.time() - arrival
-        metrics.request_latency.labels(route, str(status)).observe(elapsed)
+        model, version = served_var.get() or ("", "")
+        served_var.reset(served_token)
+        metrics.request_latency.labels(route, str(status), status_class(status), model,
+                                       version).observe(elapsed)
         log.log(_access_level(status), "%s %s %d", request.method, request.path, status,
                 extra={"status": status, "ms": round(elapsed * 1e3, 3), "route": route})
         request_id_var.reset(token)

@@ -23,6 +23,10 @@ from serving.ranking.ranker import RankRequest, RankResult
 
 FIELDS = frozenset({"request_id", "model", "user", "context", "history", "candidates",
                     "top_k", "budget_ms", "weights", "return_tasks"})
+MAX_OBJECT_FIELDS = 1024
+"""Most keys in ``user`` or ``context``: a few dozen are features, the rest are ignored, and
+each one costs work per request (the encoder copies the object), so past this the request
+is refused before any of that work."""
 
 
 def _object(doc: Mapping[str, Any], name: str, required: bool) -> dict[str, Any]:
@@ -33,6 +37,9 @@ def _object(doc: Mapping[str, Any], name: str, required: bool) -> dict[str, Any]
         return {}
     if not isinstance(value, dict):
         raise BadRequest(f"'{name}' must be an object", field=name)
+    if len(value) > MAX_OBJECT_FIELDS:
+        raise PayloadTooLarge(f"'{name}' has {len(value)} keys; at most {MAX_OBJECT_FIELDS}",
+                              field=name)
     for key, item in value.items():
         if isinstance(item, (list, dict)):
             raise InvalidFeature(f"'{name}.{key}' must be a single value", field=f"{name}.{key}")
@@ -117,10 +124,12 @@ def encode_response(result: RankResult, request_id: str) -> bytes:
         "request_id": request_id,
         "model": {"name": result.model.name, "version": result.model.version},
         "degraded": result.degraded,
-        "video_id": np.ascontiguousarray(result.video_ids),
+        result.id_field: np.ascontiguousarray(result.ids),
         "score": np.ascontiguousarray(result.scores),
         "timings": result.timings,
     }
+    if result.ignored:
+        body["ignored_features"] = result.ignored
     if result.probs:
         body["probs"] = {task: np.ascontiguousarray(p, dtype=np.float64)
                          for task, p in result.probs.items()}

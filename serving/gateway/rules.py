@@ -6,11 +6,14 @@
   ``parameters.timeout`` on ``/v2``) wins over the ``X-Request-Budget-Ms`` header, which
   wins over the server default; the deadline is the arrival time plus the budget;
 * bearer tokens: the whole ``Authorization`` header compared in constant time;
-* version numbers in paths and bodies: ASCII digits only.
+* version numbers in paths and bodies, and numbers in headers: ASCII digits only (Python's
+  ``int`` and ``float`` also read other scripts' digits, ``"1_000"`` and spaces), of a
+  bounded length (``int`` refuses more than 4,300 digits with an exception of its own).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from hmac import compare_digest
@@ -18,16 +21,23 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 
 from serving.errors import BadRequest, NotFound, PayloadTooLarge, RankServeError, Unauthorized
 from serving.gateway.keys import ARRIVAL, SETTINGS
-from serving.repository.versions import parse_version
+from serving.repository.versions import MAX_VERSION, parse_version
 
 BUDGET_HEADER = "X-Request-Budget-Ms"
 MAX_REQUEST_ID = 128
 REQUEST_ID_PATTERN = re.compile(rf"[\x20-\x7e]{{1,{MAX_REQUEST_ID}}}")
 """Printable ASCII: the id is echoed in the ``X-Request-Id`` response header, where a
 control character would make the response unwritable and other text would be mangled."""
+COUNT_PATTERN = re.compile(r"[0-9]{1,18}")
+"""A count in a header (a byte length): ASCII digits, at most 18 (below 2**63)."""
+DECIMAL_PATTERN = re.compile(r"[0-9]{1,18}(\.[0-9]{1,18})?|\.[0-9]{1,18}")
+"""A number of milliseconds in a header: plain ASCII decimal, no sign, exponent or ``_``."""
+VERSION_DIGITS = 19
+"""Version numbers are int64 (:data:`serving.repository.versions.MAX_VERSION`)."""
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -35,15 +45,27 @@ async def read_body(request: web.Request) -> bytes:
 
     Raises:
         PayloadTooLarge: ``Content-Length`` (or the bytes actually sent) exceed the limit.
+        BadRequest: the body does not decode as its ``Content-Encoding`` (gzip, deflate,
+            br), its framing is broken, or it took longer than ``body_timeout_s``.
     """
-    limit = request.app[SETTINGS].max_body_bytes
+    settings = request.app[SETTINGS]
+    limit = settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"body of {request.content_length} bytes; the limit is {limit}",
                               field="body")
     try:
-        return await request.read()
+        return await asyncio.wait_for(request.read(), settings.body_timeout_s)
+    except asyncio.TimeoutError:  # a slow body, or a chunked one that never ends
+        raise BadRequest(f"the body did not arrive within {settings.body_timeout_s:g} s",
+                         field="body") from None
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"body over the limit of {limit} bytes", field="body") from None
+    except (web.RequestPayloadError, HttpProcessingError) as e:
+        if isinstance(e, ContentEncodingError) or isinstance(e.__cause__, ContentEncodingError):
+            raise BadRequest(f"the body does not decode as its Content-Encoding "
+                             f"{request.headers.get('Content-Encoding', '')[:32]!r}",
+                             field="Content-Encoding") from None
+        raise BadRequest("the body is not well framed", field="body") from None  # chunking
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -61,6 +83,17 @@ def parse_json(body: bytes) -> dict[str, Any]:
     return doc
 
 
+def parse_count(text: str) -> int | None:
+    """A non-negative count from a header, ASCII digits only; None if it is not one."""
+    return int(text) if COUNT_PATTERN.fullmatch(text) else None
+
+
+def _version_text(text: str) -> int | None:
+    """``parse_version`` for text of a version's length at most (a longer run of digits is
+    no int64, and ``int`` would raise on thousands of them)."""
+    return parse_version(text) if len(text) <= VERSION_DIGITS else None
+
+
 def valid_request_id(value: object) -> bool:
     return isinstance(value, str) and REQUEST_ID_PATTERN.fullmatch(value) is not None
 
@@ -74,13 +107,10 @@ def parse_budget(value: Any, field: str, max_budget_ms: float) -> float | None:
     if value is None:
         return None
     if isinstance(value, str):
-        try:
-            if not value.isascii():  # float() reads other scripts' digits: "٣" is 3.0
-                raise ValueError(value)
-            value = float(value)
-        except ValueError:
-            raise BadRequest(f"'{field}' must be a number of milliseconds",
-                             field=field) from None
+        # float() reads other scripts' digits ("٣" is 3.0), "1_0", spaces and "nan"
+        if DECIMAL_PATTERN.fullmatch(value) is None:
+            raise BadRequest(f"'{field}' must be a number of milliseconds", field=field)
+        value = float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) \
             or not math.isfinite(value) or not 0 < value <= max_budget_ms:
         raise BadRequest(f"'{field}' must be a number of milliseconds in (0, {max_budget_ms}]",
@@ -130,9 +160,10 @@ def version_of(value: object, field: str) -> int:
     Raises:
         BadRequest: not a positive integer written in ASCII digits.
     """
-    version = parse_version(value) if isinstance(value, str) else value
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise BadRequest(f"'{field}' must be a positive integer", field=field)
+    version = _version_text(value) if isinstance(value, str) else value
+    if isinstance(version, bool) or not isinstance(version, int) \
+            or not 1 <= version <= MAX_VERSION:
+        raise BadRequest(f"'{field}' must be a positive integer (int64)", field=field)
     return version
 
 
@@ -146,7 +177,7 @@ def path_version(request: web.Request) -> int | None:
     text = request.match_info.get("version")
     if not text:
         return None
-    version = parse_version(text)
+    version = _version_text(text)
     if version is None:
         raise NotFound("the version in the path is not a number", field="version")
     return version

@@ -11,6 +11,8 @@ work is queued, and errors name the input.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,11 +21,17 @@ import numpy as np
 import orjson
 
 from serving.errors import BadRequest
-from serving.gateway.rules import parse_json
+from serving.gateway.rules import parse_count, parse_json
 from serving.repository.served import ServedModel
 from serving.repository.tensors import TensorSpec
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+JSON_TYPES: dict[str, frozenset[type]] = {
+    "b": frozenset({bool}), "i": frozenset({int}), "u": frozenset({int}),
+    "f": frozenset({int, float})}
+"""Python types (as orjson decodes them) that JSON ``data`` may hold, by numpy dtype kind:
+integers are never read from strings, fractions or booleans, booleans only from ``true``
+and ``false``."""
 
 
 @dataclass
@@ -45,11 +53,8 @@ def decode(body: bytes, header_length: str | None, model: ServedModel) -> InferR
     if header_length is None:
         json_part, binary = body, b""
     else:
-        try:
-            length = int(header_length)
-        except ValueError:
-            length = -1
-        if not 0 <= length <= len(body):
+        length = parse_count(header_length)
+        if length is None or length > len(body):
             raise BadRequest(f"'{HEADER_LENGTH}' must be the JSON header's byte length",
                              field=HEADER_LENGTH)
         json_part, binary = body[:length], body[length:]
@@ -61,7 +66,9 @@ def decode(body: bytes, header_length: str | None, model: ServedModel) -> InferR
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for i, entry in enumerate(entries):
-        name, tensor, offset = _decode_input(entry, i, specs, binary, offset)
+        name, tensor, offset = _decode_input(entry, i, specs, binary, offset, len(body))
+        if name in inputs:
+            raise BadRequest(f"input '{name}' is given twice", field=f"inputs.{name}")
         inputs[name] = tensor
     if offset != len(binary):
         raise BadRequest(f"binary data holds {len(binary)} bytes but the inputs use {offset}",
@@ -74,19 +81,52 @@ def decode(body: bytes, header_length: str | None, model: ServedModel) -> InferR
     missing = [name for name in specs if name not in inputs]
     if missing:
         raise BadRequest(f"missing input '{missing[0]}'", field=f"inputs.{missing[0]}")
-    parameters = doc.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise BadRequest("'parameters' must be an object", field="parameters")
+    parameters = _parameters(doc, "parameters")
     request_id = doc.get("id")
-    timeout = parameters.get("timeout")
     return InferRequest(inputs, _requested_outputs(doc, model, parameters),
                         request_id if isinstance(request_id, str) else None,
-                        float(timeout) if isinstance(timeout, (int, float)) else None,
-                        parameters)
+                        _timeout_us(parameters), parameters)
+
+
+def _parameters(entry: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """An entry's ``parameters`` object (empty when absent).
+
+    Raises:
+        BadRequest: present but not an object.
+    """
+    parameters = entry.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise BadRequest(f"'{where}' must be an object", field=where)
+    return parameters
+
+
+def _timeout_us(parameters: Mapping[str, Any]) -> float | None:
+    """``parameters.timeout`` in microseconds (Triton's unit), if given.
+
+    Raises:
+        BadRequest: not a positive number (``true`` is not 1 microsecond).
+    """
+    timeout = parameters.get("timeout")
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not math.isfinite(timeout) or timeout <= 0:
+        raise BadRequest("'parameters.timeout' must be a positive number of microseconds",
+                         field="parameters.timeout")
+    return float(timeout)
+
+
+def _flag(parameters: Mapping[str, Any], name: str, default: bool, where: str) -> bool:
+    value = parameters.get(name, default)
+    if not isinstance(value, bool):
+        raise BadRequest(f"'{where}.{name}' must be true or false", field=f"{where}.{name}")
+    return value
 
 
 def _decode_input(entry: Any, i: int, specs: Mapping[str, TensorSpec], binary: bytes,
-                  offset: int) -> tuple[str, np.ndarray, int]:
+                  offset: int, body_size: int) -> tuple[str, np.ndarray, int]:
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
         raise BadRequest(f"'inputs[{i}]' must be an object with a name", field=f"inputs[{i}]")
     name = entry["name"]
@@ -105,9 +145,15 @@ def _decode_input(entry: Any, i: int, specs: Mapping[str, TensorSpec], binary: b
                                             for d, w in zip(shape, spec.shape, strict=True)):
         raise BadRequest(f"'{name}' has shape {shape}; the model takes {list(spec.shape)}",
                          field=where)
-    count = int(np.prod(shape))
-    size = (entry.get("parameters") or {}).get("binary_data_size")
+    count = math.prod(shape)  # exact: no int64 overflow
+    if count > body_size:  # every value takes at least one byte of the body
+        raise BadRequest(f"'{name}' has shape {shape}: more values than the body holds",
+                         field=where)
+    size = _parameters(entry, f"{where}.parameters").get("binary_data_size")
     if size is not None:
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise BadRequest(f"'{name}' binary_data_size must be an integer",
+                             field=f"{where}.parameters.binary_data_size")
         if size != count * spec.numpy_dtype.itemsize or offset + size > len(binary):
             raise BadRequest(f"'{name}' binary_data_size does not match its shape or the body",
                              field=where)
@@ -115,16 +161,54 @@ def _decode_input(entry: Any, i: int, specs: Mapping[str, TensorSpec], binary: b
                              offset=offset).astype(spec.numpy_dtype, copy=False)
         _check_finite(data, name)
         return name, data.reshape(shape), offset + size
+    data = _json_data(entry.get("data"), spec, name, shape)
+    return name, data.reshape(shape), offset
+
+
+def _json_data(values: Any, spec: TensorSpec, name: str, shape: list[int]) -> np.ndarray:
+    """A tensor's JSON ``data``: its values in row-major order, as one flat list or as
+    lists nested exactly as its shape (``[[1, 2], [3, 4]]`` for ``[2, 2]``).
+
+    Raises:
+        BadRequest: not a list, nested other than the shape, values of another type
+            (``"1"``, ``1.7`` or ``true`` for an integer), out of range or non-finite, or
+            the wrong number of them.
+    """
+    where = f"inputs.{name}"
+    count = math.prod(shape)
+    if isinstance(values, list) and values and type(values[0]) is list:
+        values = _flatten(values, shape, name)
+    if not isinstance(values, list) \
+            or not set(map(type, values)) <= JSON_TYPES[spec.numpy_dtype.kind]:
+        raise BadRequest(f"'{name}' data must be a list of {spec.dtype} values, flat or "
+                         f"nested as its shape {shape}", field=where)
     try:
         with np.errstate(over="ignore"):  # a float too large becomes inf: refused just below
-            data = np.asarray(entry.get("data"), dtype=spec.numpy_dtype)
+            data = np.asarray(values, dtype=spec.numpy_dtype)
     except (TypeError, ValueError, OverflowError):
         raise BadRequest(f"'{name}' data must hold {spec.dtype} values", field=where) \
             from None
     if data.size != count:
-        raise BadRequest(f"'{name}' has {data.size} values for shape {shape}", field=where)
+        raise BadRequest(f"'{name}' has {data.size} values for {count} in its shape",
+                         field=where)
     _check_finite(data, name)
-    return name, data.reshape(shape), offset
+    return data
+
+
+def _flatten(values: list[Any], shape: list[int], name: str) -> list[Any]:
+    """Row-major values of lists nested exactly as ``shape``.
+
+    Raises:
+        BadRequest: the nesting does not match the shape.
+    """
+    level = values
+    for i in range(len(shape) - 1):
+        if len(level) != math.prod(shape[:i + 1]) \
+                or set(map(type, level)) != {list} or set(map(len, level)) != {shape[i + 1]}:
+            raise BadRequest(f"'{name}' data is not nested as its shape {shape}",
+                             field=f"inputs.{name}")
+        level = list(itertools.chain.from_iterable(level))
+    return level
 
 
 def _check_finite(data: np.ndarray, name: str) -> None:
@@ -134,7 +218,7 @@ def _check_finite(data: np.ndarray, name: str) -> None:
 
 def _requested_outputs(doc: Mapping[str, Any], model: ServedModel,
                        parameters: Mapping[str, Any]) -> dict[str, bool]:
-    default_binary = bool(parameters.get("binary_data_output", False))
+    default_binary = _flag(parameters, "binary_data_output", False, "parameters")
     names = {t.name for t in model.outputs}
     entries = doc.get("outputs")
     if entries is None:
@@ -144,10 +228,10 @@ def _requested_outputs(doc: Mapping[str, Any], model: ServedModel,
     requested = {}
     for i, entry in enumerate(entries):
         name = entry.get("name") if isinstance(entry, dict) else None
-        if name not in names:
+        if not isinstance(name, str) or name not in names:
             raise BadRequest(f"model has no output {name!r}", field=f"outputs[{i}]")
-        binary = (entry.get("parameters") or {}).get("binary_data", default_binary)
-        requested[name] = bool(binary)
+        where = f"outputs[{i}].parameters"
+        requested[name] = _flag(_parameters(entry, where), "binary_data", default_binary, where)
     return requested
 
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 from importlib import metadata
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 from google.protobuf import json_format
 
-from serving.errors import NotFound, Unavailable
+from serving.batching.layout import CandidateLayout, layout_for
+from serving.errors import BadRequest, NotFound, PayloadTooLarge, Unavailable
 from serving.gateway import v2_codec
 from serving.gateway.keys import DATA_PLANE, SETTINGS
 from serving.gateway.rules import deadline, parse_budget, path_version, read_body
 from serving.repository.served import ServedModel
+from serving.settings import Settings
 
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
 
@@ -73,6 +76,7 @@ async def infer(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     body = await read_body(request)
     decoded = v2_codec.decode(body, request.headers.get(v2_codec.HEADER_LENGTH), model)
+    check_size(model, decoded.inputs, settings)
     timeout_ms = None if decoded.timeout_us is None else decoded.timeout_us / 1e3
     budget_ms = parse_budget(timeout_ms, "parameters.timeout", settings.max_budget_ms)
     result = await request.app[DATA_PLANE].infer(model, decoded.inputs,
@@ -82,6 +86,30 @@ async def infer(request: web.Request) -> web.Response:
         raise NotFound(f"the model produced no output '{missing[0]}'", field="outputs")
     body, headers = v2_codec.encode(model, result.outputs, decoded)
     return web.Response(body=body, headers=headers)
+
+
+def check_size(model: ServedModel, inputs: dict[str, np.ndarray], settings: Settings) -> None:
+    """The per-request limits ``/v1/rank`` has, counted the way the batcher counts rows:
+    at most ``max_candidates`` candidate rows (a model's batch rows) and ``max_user_rows``
+    user rows, and at least one row (a request with none is not sent to the model).
+
+    Raises:
+        PayloadTooLarge: past either limit, naming the input.
+        BadRequest: the tensors' rows are inconsistent, or there are none.
+    """
+    layout = layout_for(model)
+    rows, users = layout.rows_of(inputs), layout.user_rows_of(inputs)
+    row_input = user_input = model.inputs[0].name
+    if isinstance(layout, CandidateLayout):
+        row_input, user_input = layout.rows[0], (layout.shared or layout.rows)[0]
+    if rows > settings.max_candidates:
+        raise PayloadTooLarge(f"'{row_input}' has {rows} rows; at most "
+                              f"{settings.max_candidates} per request", field=f"inputs.{row_input}")
+    if users > settings.max_user_rows:
+        raise PayloadTooLarge(f"'{user_input}' has {users} user rows; at most "
+                              f"{settings.max_user_rows} per request", field=f"inputs.{user_input}")
+    if rows == 0:
+        raise BadRequest(f"'{row_input}' has no rows to score", field=f"inputs.{row_input}")
 
 
 def add_routes(app: web.Application) -> None:

@@ -1,432 +1,356 @@
 """The feature encoder: raw feature values (as the gateway receives them) -> model tensors.
 
 Training and serving both call this module, so there is exactly one definition of how a raw
-value becomes a model input and no train/serve skew. The *schema* (which features exist, on
-which side, of which kind) is code; the *fitted state* (vocabularies and numeric
-normalisation constants learned on the training days) lives in the model card, written by
-:meth:`FeatureEncoder.to_card` and read back by :meth:`FeatureEncoder.from_card`.
+value becomes a model input and no train/serve skew. *Which* features exist, on which side,
+of which kind, is the model's schema (:mod:`serving.repository.schema`, a file per model,
+recorded in its card); the *fitted state* (vocabularies and numeric constants learned on the
+training days) lives in the model card too, written by :meth:`FeatureEncoder.to_card` and
+read back by :meth:`FeatureEncoder.from_card`. Tensor names follow from the schema
+(:meth:`~serving.repository.schema.Schema.inputs`).
 
 Conventions a caller can rely on:
 
 * Categorical id 0 means "unknown or missing": a value outside the training vocabulary
   (out-of-vocabulary), ``None`` / ``NaN``, or an absent optional column. Known values get ids
-  ``1..len(vocab)``. History slots use 0 as padding too, so an unknown watched video carries
+  ``1..len(vocab)``. Sequence slots use 0 as padding too, so an unknown watched item carries
   no signal rather than a wrong one.
 * A missing optional numeric value (absent column, ``None`` or ``NaN``) takes the feature's
-  documented default: the median raw value on the training days. ``+-inf`` is an error.
-* Numeric features are ``log1p``-transformed (clipped at 0) and standardised with the
-  training mean and standard deviation, so the graph sees values near N(0, 1).
-* A missing *required* feature (``user.user_id``, ``candidates.video_id``) raises
-  :class:`~serving.errors.MissingFeature` naming it.
+  default (the training median unless the schema says otherwise). ``+-inf`` is an error.
+* A missing *required* feature raises :class:`~serving.errors.MissingFeature` naming it.
+* Names a request sends that the schema does not know are not read;
+  :meth:`FeatureEncoder.unknown_features` lists them.
 
 Inputs are columnar: ``Mapping[name, sequence]`` with one entry per row. Row-wise JSON is
 turned into columns by :func:`columns_from_rows`; binary payloads arrive as numpy arrays and
-skip per-value Python work entirely.
+skip per-value Python work entirely (:mod:`serving.ranking.lookup`).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from serving.errors import InvalidFeature, MissingFeature
-from serving.wire.columns import DictColumn
+from serving.ranking.lookup import HashBuckets, Lookup, Vocabulary
+from serving.ranking.numeric import NumericStats, transform_matrix
+from serving.repository.schema import ITEM_TO_USER, PROBS, Feature, Schema, from_legacy_card
 
 Columns = Mapping[str, Any]
 """Raw columnar features: name -> sequence (list or numpy array) with one value per row."""
 
-Side = Literal["user", "context", "item"]
-Kind = Literal["int", "str"]
+Side = Literal["user", "context", "item", "candidate"]
 
-# Model input and output names: the contract between encoder, graph, config.pbtxt and backends.
+# The tensor names the schema rule gives a schema with an id, categoricals and numerics on
+# both sides and one id sequence called ``history`` (feed_ranker's); a model's own names
+# come from ``FeatureEncoder.schema.inputs()``.
 USER_ID, USER_CAT, USER_NUM, HISTORY = "user_id", "user_cat", "user_num", "history"
-ITEM_ID, ITEM_CAT, ITEM_NUM, ITEM_TO_USER = "item_id", "item_cat", "item_num", "item_to_user"
+ITEM_ID, ITEM_CAT, ITEM_NUM = "item_id", "item_cat", "item_num"
 USER_INPUTS = (USER_ID, USER_CAT, USER_NUM, HISTORY)
 ITEM_INPUTS = (ITEM_ID, ITEM_CAT, ITEM_NUM)
 MODEL_INPUTS = (*USER_INPUTS, *ITEM_INPUTS, ITEM_TO_USER)
-PROBS = "probs"
-
-HISTORY_LENGTH = 20
-"""Most recent watched videos kept per request; older ones are dropped, fewer are padded."""
+__all__ = ["ITEM_TO_USER", "PROBS", "FeatureEncoder", "NumericStats", "Vocabulary",
+           "columns_from_rows"]
 
 # Where each side's features sit in a request body, for error messages.
-_FIELD_PREFIX: dict[str, str] = {"user": "user", "context": "context", "item": "candidates"}
+_FIELD_PREFIX: dict[str, str] = {"user": "user", "context": "context", "item": "candidates",
+                                 "candidate": "candidates"}
+_ABSENT_VALUE = object()
 
 
-@dataclass(frozen=True)
-class CategoricalSpec:
-    """A categorical feature: raw values are ints or strings mapped through a vocabulary."""
-
-    name: str
-    side: Side
-    kind: Kind
-    required: bool = False
-
-
-@dataclass(frozen=True)
-class NumericSpec:
-    """A numeric feature, ``log1p``-transformed and standardised."""
-
-    name: str
-    side: Side
-
-
-def _onehot(i: int) -> CategoricalSpec:
-    return CategoricalSpec(f"onehot_feat{i}", "user", "int")
-
-
-# The id features are separate model inputs (USER_ID, ITEM_ID) because the graph treats them
-# specially (wide memorisation, history lookup); every other categorical goes into *_CAT.
-USER_ID_SPEC = CategoricalSpec("user_id", "user", "int", required=True)
-ITEM_ID_SPEC = CategoricalSpec("video_id", "item", "int", required=True)
-
-USER_CATEGORICAL: tuple[CategoricalSpec, ...] = (
-    CategoricalSpec("user_active_degree", "user", "str"),
-    CategoricalSpec("is_live_streamer", "user", "int"),
-    CategoricalSpec("is_video_author", "user", "int"),
-    CategoricalSpec("follow_user_num_range", "user", "str"),
-    CategoricalSpec("fans_user_num_range", "user", "str"),
-    CategoricalSpec("friend_user_num_range", "user", "str"),
-    CategoricalSpec("register_days_range", "user", "str"),
-    *(_onehot(i) for i in range(18)),
-    CategoricalSpec("tab", "context", "int"),
-    CategoricalSpec("hour", "context", "int"),
-)
-USER_NUMERIC: tuple[NumericSpec, ...] = (
-    NumericSpec("follow_user_num", "user"),
-    NumericSpec("fans_user_num", "user"),
-    NumericSpec("friend_user_num", "user"),
-    NumericSpec("register_days", "user"),
-)
-ITEM_CATEGORICAL: tuple[CategoricalSpec, ...] = (
-    CategoricalSpec("author_id", "item", "int"),
-    CategoricalSpec("video_type", "item", "str"),
-    CategoricalSpec("upload_type", "item", "str"),
-    CategoricalSpec("music_id", "item", "int"),
-    CategoricalSpec("music_type", "item", "int"),
-    CategoricalSpec("tag", "item", "int"),
-)
-ITEM_NUMERIC: tuple[NumericSpec, ...] = (
-    NumericSpec("duration_ms", "item"),
-    NumericSpec("age_days", "item"),
-    NumericSpec("server_width", "item"),
-    NumericSpec("server_height", "item"),
-)
-ALL_CATEGORICAL = (USER_ID_SPEC, ITEM_ID_SPEC, *USER_CATEGORICAL, *ITEM_CATEGORICAL)
-ALL_NUMERIC = (*USER_NUMERIC, *ITEM_NUMERIC)
-
-
-def field_path(side: Side, name: str) -> str:
-    """The request-body path of a feature, used in every error message."""
-    return f"{_FIELD_PREFIX[side]}.{name}"
-
-
-class Vocabulary:
-    """Maps raw categorical values to ids ``1..n``; anything else to 0.
-
-    Integer vocabularies look up whole numpy arrays with one ``searchsorted`` (no Python loop
-    per value), which is what keeps the binary request path cheap.
-    """
-
-    def __init__(self, spec: CategoricalSpec, values: Iterable[Any]) -> None:
-        self.spec = spec
-        self.path = field_path(spec.side, spec.name)
-        if spec.kind == "int":
-            keys = np.asarray(sorted({int(v) for v in values}), dtype=np.int64)
-            self._int_keys = keys
-            self._str_ids: dict[str, int] = {}
-            self._int_ids = {int(k): i + 1 for i, k in enumerate(keys)}
-            self.size = len(keys)
-        else:
-            ordered = sorted({str(v) for v in values})
-            self._int_keys = np.empty(0, dtype=np.int64)
-            self._str_ids = {v: i + 1 for i, v in enumerate(ordered)}
-            self._int_ids = {}
-            self.size = len(ordered)
-
-    def keys(self) -> list[Any]:
-        """Vocabulary keys in id order (id = position + 1), for the model card."""
-        if self.spec.kind == "int":
-            return [int(k) for k in self._int_keys]
-        return sorted(self._str_ids, key=self._str_ids.__getitem__)
-
-    def lookup(self, raw: Any, n: int) -> npt.NDArray[np.int64]:
-        """Ids for ``n`` raw values; a ``None`` column means "absent" (all ids 0).
-
-        Raises:
-            MissingFeature: the column is absent and the feature is required.
-            InvalidFeature: wrong length, wrong type, non-integer or non-finite value.
-        """
-        if raw is None:
-            if self.spec.required:
-                raise MissingFeature(f"required feature '{self.path}' is missing", field=self.path)
-            return np.zeros(n, dtype=np.int64)
-        if n == 1 and type(raw) is list and len(raw) == 1:
-            one = self._lookup_one(raw[0])
-            if one is not None:
-                return np.array([one], dtype=np.int64)
-        if self.spec.kind == "int":
-            return self._lookup_int(raw, n)
-        return self._lookup_str(raw, n)
-
-    def _lookup_one(self, value: Any) -> int | None:
-        """The id of a single plain value (a request's user-side feature) without numpy's
-        per-call overhead; ``None`` where the column path must decide (errors, odd types),
-        so both paths always give the same answer."""
-        if self.spec.kind == "str":
-            if value is None:
-                return 0
-            kind = type(value)
-            return self._str_ids.get(value if kind is str else str(value), 0) \
-                if kind is str or kind is int else None
-        if value is None or (type(value) is float and value != value):
-            return None if self.spec.required else 0
-        if type(value) is float:
-            if not (math.isfinite(value) and value.is_integer()):
-                return None
-        elif type(value) is not int:
-            return None
-        if abs(value) > 2**62:
-            return None
-        return self._int_ids.get(int(float(value)), 0)
-
-    def _lookup_int(self, raw: Any, n: int) -> npt.NDArray[np.int64]:
-        values = _as_float_column(raw, n, self.path)
-        missing = np.isnan(values)
-        if self.spec.required and missing.any():
-            raise MissingFeature(f"required feature '{self.path}' is null", field=self.path)
-        present = values[~missing]
-        if not np.isfinite(present).all() or (present != np.floor(present)).any():
-            raise InvalidFeature(f"'{self.path}' must hold integers", field=self.path)
-        if np.abs(present).max(initial=0.0) > 2.0**62:
-            raise InvalidFeature(f"'{self.path}' holds an integer out of range", field=self.path)
-        keys = np.where(missing, 0.0, values).astype(np.int64)
-        pos = np.searchsorted(self._int_keys, keys)
-        pos_clipped = np.minimum(pos, max(self.size - 1, 0))
-        found = (self.size > 0) & (self._int_keys[pos_clipped] == keys) & ~missing
-        return np.where(found, pos_clipped + 1, 0).astype(np.int64)
-
-    def _lookup_str(self, raw: Any, n: int) -> npt.NDArray[np.int64]:
-        _check_length(raw, n, self.path)
-        if isinstance(raw, DictColumn):
-            table = np.array([*(self._str_ids.get(str(v), 0) for v in raw.values), 0])
-            return table[raw.codes].astype(np.int64)
-        ids = np.zeros(n, dtype=np.int64)
-        get = self._str_ids.get
-        for i, v in enumerate(raw):
-            if v is None:
-                continue
-            if not isinstance(v, (str, int)) or isinstance(v, bool):
-                raise InvalidFeature(f"'{self.path}' must hold strings", field=self.path)
-            ids[i] = get(str(v), 0)
-        return ids
-
-
-@dataclass(frozen=True)
-class NumericStats:
-    """Training-day constants for one numeric feature."""
-
-    spec: NumericSpec
-    mean: float
-    std: float
-    default: float
-
-    @property
-    def path(self) -> str:
-        return field_path(self.spec.side, self.spec.name)
-
-    def transform(self, raw: Any, n: int) -> npt.NDArray[np.float32]:
-        """Normalised values; absent column, ``None`` and ``NaN`` take the default.
-
-        Raises:
-            InvalidFeature: wrong length or type, or an infinite value.
-        """
-        if raw is None:
-            values = np.full(n, self.default, dtype=np.float64)
-        else:
-            values = _as_float_column(raw, n, self.path)
-            if np.isinf(values).any():
-                raise InvalidFeature(f"'{self.path}' must be finite", field=self.path)
-            values = np.where(np.isnan(values), self.default, values)
-        out = (np.log1p(np.maximum(values, 0.0)) - self.mean) / self.std
-        return out.astype(np.float32)
-
-    @classmethod
-    def fit(cls, spec: NumericSpec, raw: npt.ArrayLike) -> NumericStats:
-        values = np.asarray(raw, dtype=np.float64)
-        values = values[np.isfinite(values)]
-        logged = np.log1p(np.maximum(values, 0.0))
-        std = float(logged.std()) or 1.0
-        return cls(spec, float(logged.mean()), std, float(np.median(values)))
-
-
-def _check_length(raw: Any, n: int, path: str) -> None:
-    if isinstance(raw, (str, bytes)) or not hasattr(raw, "__len__"):
-        raise InvalidFeature(f"'{path}' must be a list with one value per row", field=path)
-    if len(raw) != n:
-        raise InvalidFeature(f"'{path}' has {len(raw)} values, expected {n}", field=path)
-
-
-def _as_float_column(raw: Any, n: int, path: str) -> npt.NDArray[np.float64]:
-    """A float64 column where ``None`` became ``NaN``; rejects strings and nested lists."""
-    _check_length(raw, n, path)
-    if isinstance(raw, np.ndarray) and raw.dtype.kind in "iuf":
-        return raw.astype(np.float64, copy=False)
-    try:
-        values = np.asarray(raw, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InvalidFeature(f"'{path}' must hold numbers", field=path) from None
-    if values.ndim != 1 or any(isinstance(v, (bool, np.bool_)) for v in raw[:1]):
-        raise InvalidFeature(f"'{path}' must hold numbers", field=path)
-    return values
-
-
-def columns_from_rows(rows: Sequence[Any], side: Side) -> dict[str, list[Any]]:
+def columns_from_rows(rows: Sequence[Any], side: Side) -> Mapping[str, list[Any]]:
     """Turn row-wise JSON (a list of objects) into columns; absent keys become ``None``.
 
+    The columns are built when first read, so the cost is rows x the features the encoder
+    reads, not rows x every distinct key: a body whose rows each carry keys of their own
+    (unknown keys are ignored) costs time linear in its size. A value in a column that is
+    read must be a single value (not a list or object).
+
     Raises:
-        InvalidFeature: a row is not a JSON object.
+        InvalidFeature: a row is not a JSON object; (on reading a column) a value in it is
+            a list or an object.
     """
-    prefix = _FIELD_PREFIX[side]
-    names: dict[str, None] = {}
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise InvalidFeature(f"'{prefix}[{i}]' must be an object", field=f"{prefix}[{i}]")
-        names.update(dict.fromkeys(row))
-    return {name: [row.get(name) for row in rows] for name in names}
+    if set(map(type, rows)) - {dict}:
+        i = next(i for i, row in enumerate(rows) if not isinstance(row, dict))
+        prefix = _FIELD_PREFIX[side]
+        raise InvalidFeature(f"'{prefix}[{i}]' must be an object", field=f"{prefix}[{i}]")
+    return _RowColumns(rows, _FIELD_PREFIX[side])
+
+
+class _RowColumns(Mapping[str, list[Any]]):
+    """The lazily built columns of :func:`columns_from_rows` (each built once, on read)."""
+
+    def __init__(self, rows: Sequence[dict[str, Any]], prefix: str) -> None:
+        self._rows = rows
+        self._prefix = prefix
+        self._built: dict[str, list[Any]] = {}
+        self._names: dict[str, None] | None = None
+
+    def _all_names(self) -> dict[str, None]:
+        if self._names is None:  # linear in the keys of the body
+            self._names = {}
+            for row in self._rows:
+                self._names.update(dict.fromkeys(row))
+        return self._names
+
+    def __getitem__(self, name: str) -> list[Any]:
+        column = self._built.get(name)
+        if column is not None:
+            return column
+        column = [row.get(name, _ABSENT) for row in self._rows]
+        kinds = set(map(type, column))
+        if not column or kinds == {_Absent}:
+            raise KeyError(name)
+        if list in kinds or dict in kinds:
+            i = next(i for i, v in enumerate(column) if isinstance(v, (list, dict)))
+            where = f"{self._prefix}[{i}].{name}"
+            raise InvalidFeature(f"'{where}' must be a single value", field=where)
+        if _Absent in kinds:
+            column = [None if v is _ABSENT else v for v in column]
+        self._built[name] = column
+        return column
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all_names())
+
+    def __len__(self) -> int:
+        return len(self._all_names())
+
+
+class _Absent:
+    """Marks a key a row does not have (``None`` is a value a row may hold)."""
+
+
+_ABSENT = _Absent()
 
 
 class FeatureEncoder:
-    """Fitted vocabularies and normalisation constants, and the encode functions."""
+    """A schema, its fitted vocabularies and numeric constants, and the encode functions."""
 
-    def __init__(
-        self,
-        vocabularies: Mapping[str, Vocabulary],
-        numeric: Mapping[str, NumericStats],
-        history_length: int = HISTORY_LENGTH,
-    ) -> None:
-        missing = {s.name for s in ALL_CATEGORICAL} - set(vocabularies)
-        missing |= {s.name for s in ALL_NUMERIC} - set(numeric)
+    def __init__(self, schema: Schema, lookups: Mapping[str, Lookup],
+                 numeric: Mapping[str, NumericStats]) -> None:
+        missing = {f.name for f in schema.features if f.categorical} - set(lookups)
+        missing |= {f.name for f in schema.features if f.kind == "numeric"} - set(numeric)
         if missing:
             raise ValueError(f"encoder state lacks features: {sorted(missing)}")
-        self.vocabularies = dict(vocabularies)
+        self.schema = schema
+        self.vocabularies = dict(lookups)
         self.numeric = dict(numeric)
-        self.history_length = history_length
+        self._plans = {g: _Group(self, g) for g in ("user", "item")}
+        self._known = {side: schema.feature_names(side) for side in ("user", "context")}
+        self._known["candidate"] = schema.feature_names("candidate")
+        self._sequences = schema.group_features("user", "seq")
+
+    @property
+    def history_length(self) -> int:
+        seqs = self.schema.group_features("user", "seq")
+        return seqs[0].length or 0 if seqs else 0
 
     # -- fitting and persistence ---------------------------------------------------------
 
     @classmethod
-    def fit(cls, columns: Columns, min_count: int = 1) -> FeatureEncoder:
+    def fit(cls, schema: Schema, columns: Columns) -> FeatureEncoder:
         """Learn vocabularies and numeric constants from training-day columns.
 
-        ``columns`` holds every feature by its raw name (one row per training impression);
-        values seen fewer than ``min_count`` times stay out of the vocabulary (they map to
-        the OOV id, as unseen values at serving time will).
+        ``columns`` holds every feature by its name (one row per training impression);
+        values seen fewer than the feature's ``min_count`` times stay out of the
+        vocabulary (they map to the OOV id, as unseen values at serving time will).
         """
-        vocabularies = {}
-        for spec in ALL_CATEGORICAL:
-            raw = np.asarray(columns[spec.name], dtype=object)
+        lookups: dict[str, Lookup] = {}
+        for f in schema.features:
+            if not f.categorical:
+                continue
+            if f.transform == "hash":
+                lookups[f.name] = HashBuckets(f)
+                continue
+            raw = np.asarray(columns[f.name], dtype=object)
             raw = raw[[v is not None and v == v for v in raw]]  # drop None and NaN
-            if spec.kind == "int":
+            if f.kind == "categorical_id":
                 raw = raw.astype(np.float64).astype(np.int64)
-            values, counts = np.unique(raw.astype(str) if spec.kind == "str" else raw,
-                                       return_counts=True)
-            vocabularies[spec.name] = Vocabulary(spec, values[counts >= min_count].tolist())
-        numeric = {s.name: NumericStats.fit(s, columns[s.name]) for s in ALL_NUMERIC}
-        return cls(vocabularies, numeric)
+            values, counts = np.unique(raw.astype(str) if f.kind == "categorical_string"
+                                       else raw, return_counts=True)
+            lookups[f.name] = Vocabulary(f, values[counts >= f.min_count].tolist())
+        numeric = {f.name: NumericStats.fit(f, columns[f.name])
+                   for f in schema.features if f.kind == "numeric"}
+        return cls(schema, lookups, numeric)
 
     def to_card(self) -> dict[str, Any]:
-        """The encoder's fitted state as a JSON-ready dict for the model card."""
+        """The encoder's fitted state as a JSON-ready dict for the model card's
+        ``features`` (the schema itself goes to the card's ``schema``)."""
+        legacy_side = {"candidate": "item"}
         return {
             "history_length": self.history_length,
             "oov_id": 0,
             "categorical": [
-                {"name": v.spec.name, "side": v.spec.side, "kind": v.spec.kind,
-                 "required": v.spec.required, "size": v.size + 1, "vocab": v.keys()}
+                {"name": v.spec.name, "side": legacy_side.get(v.spec.side, v.spec.side),
+                 "kind": "int" if v.spec.kind == "categorical_id" else "str",
+                 "required": v.spec.required, "transform": v.spec.transform,
+                 "size": v.size + 1, "vocab": v.keys()}
                 for v in self.vocabularies.values()
             ],
             "numeric": [
-                {"name": s.spec.name, "side": s.spec.side, "transform": "log1p_standardize",
-                 "mean": s.mean, "std": s.std, "default": s.default}
+                {"name": s.spec.name, "side": legacy_side.get(s.spec.side, s.spec.side),
+                 "transform": s.spec.transform, "mean": s.mean, "std": s.std,
+                 "default": s.default}
                 for s in self.numeric.values()
             ],
         }
 
     @classmethod
-    def from_card(cls, card: Mapping[str, Any]) -> FeatureEncoder:
-        """Rebuild the encoder from a model card's ``features`` section."""
-        specs = {s.name: s for s in ALL_CATEGORICAL}
-        nspecs = {s.name: s for s in ALL_NUMERIC}
-        vocabularies = {c["name"]: Vocabulary(specs[c["name"]], c["vocab"])
-                        for c in card["categorical"]}
-        numeric = {c["name"]: NumericStats(nspecs[c["name"]], c["mean"], c["std"], c["default"])
-                   for c in card["numeric"]}
-        return cls(vocabularies, numeric, card.get("history_length", HISTORY_LENGTH))
+    def from_card(cls, card: Mapping[str, Any], schema: Schema | Mapping[str, Any] | None = None,
+                  ) -> FeatureEncoder:
+        """Rebuild the encoder from a model card's ``features`` section and its ``schema``
+        (a card written before schemas existed implies one: :func:`from_legacy_card`).
+
+        Raises:
+            SchemaError: the schema is invalid or does not match the fitted state.
+        """
+        if schema is None or not schema:
+            schema = from_legacy_card(card, ["task"], {}, "model")
+        elif not isinstance(schema, Schema):
+            schema = Schema.parse(schema)
+        state = {c["name"]: c for c in card["categorical"]}
+        lookups: dict[str, Lookup] = {}
+        for f in schema.features:
+            if f.categorical:
+                lookups[f.name] = HashBuckets(f) if f.transform == "hash" \
+                    else Vocabulary(f, state[f.name]["vocab"])
+        numeric = {c["name"]: NumericStats(schema.feature(c["name"]), c["mean"], c["std"],
+                                           c["default"]) for c in card["numeric"]}
+        return cls(schema, lookups, numeric)
 
     def cardinalities(self) -> dict[str, int]:
         """Embedding-table sizes (vocabulary + the OOV id) per categorical feature."""
         return {name: v.size + 1 for name, v in self.vocabularies.items()}
 
+    def id_limits(self) -> dict[str, int | npt.NDArray[np.int64]]:
+        """Per id tensor, the exclusive upper bound of its ids (an array per column for
+        ``*_cat``): what a raw ``/v2`` tensor must stay below."""
+        sizes = self.cardinalities()
+        out: dict[str, int | npt.NDArray[np.int64]] = {}
+        for group, plan in self._plans.items():
+            if plan.id is not None:
+                out[f"{group}_id"] = sizes[plan.id.spec.name]
+            if plan.cat:
+                out[f"{group}_cat"] = np.array([sizes[v.spec.name] for v in plan.cat])
+        for f in self.schema.group_features("user", "seq"):
+            assert f.vocabulary_of is not None
+            out[f.name] = sizes[f.vocabulary_of]
+        return out
+
+    def unknown_features(self, user: Mapping[str, Any], context: Mapping[str, Any],
+                         candidates: Mapping[str, Any]) -> list[str]:
+        """Request-body paths of the names a request sent that the schema does not know
+        (``user.x``, ``context.y``, ``candidates.z``): they are not read."""
+        out = [f"user.{k}" for k in user if k not in self._known["user"]]
+        out += [f"context.{k}" for k in context if k not in self._known["context"]]
+        out += [f"candidates.{k}" for k in candidates if k not in self._known["candidate"]]
+        return out
+
+    @property
+    def candidate_id(self) -> str:
+        """The candidate feature a ranked response returns (the item group's id)."""
+        found = self.schema.id_feature("item")
+        assert found is not None  # Schema.parse guarantees one
+        return found.name
+
+    def refuse_unknown(self, user: Mapping[str, Any], context: Mapping[str, Any],
+                       candidates: Mapping[str, Any]) -> None:
+        """Strict mode: a request naming a feature the schema lacks is refused.
+
+        Raises:
+            InvalidFeature: naming the first unknown field, and listing all of them.
+        """
+        unknown = self.unknown_features(user, context, candidates)
+        if unknown:
+            raise InvalidFeature(f"unknown feature(s) for schema '{self.schema.name}': "
+                                 f"{', '.join(unknown)}", field=unknown[0])
+
+    def describe(self) -> dict[str, Any]:
+        """What a caller may send and get back: the schema's features (with the request
+        field each is read from), tasks and default weights; JSON-ready."""
+        return {"schema": self.schema.name,
+                "features": [{**f.to_dict(), "field": f.path}
+                             for f in self.schema.features],
+                "tasks": [t.name for t in self.schema.tasks],
+                "value_weights": dict(self.schema.value_weights),
+                "inputs": [name for name, _, _ in self.schema.inputs()]}
+
     # -- encoding ------------------------------------------------------------------------
 
     def encode_users(
-        self, users: Columns, contexts: Columns, histories: Sequence[Any], n: int
+        self, users: Columns, contexts: Columns, histories: Sequence[Any] | None, n: int
     ) -> dict[str, np.ndarray]:
-        """User-side tensors for ``n`` request rows: ``user_id``, ``user_cat``, ``user_num``,
-        ``history``. ``histories`` holds one list of watched video ids per row, oldest first.
+        """User-group tensors for ``n`` request rows. ``histories``: one list of ids per
+        row, oldest first, for the id sequence named ``history`` (other sequences are read
+        from ``users``).
 
         Raises:
             MissingFeature, InvalidFeature: see the module docstring.
         """
-        def column(spec_side: Side, name: str) -> Any:
-            return (contexts if spec_side == "context" else users).get(name)
+        def column(f: Feature) -> Any:
+            return (contexts if f.side == "context" else users).get(f.name)
 
-        cat = [self.vocabularies[s.name].lookup(column(s.side, s.name), n)
-               for s in USER_CATEGORICAL]
-        num = [self.numeric[s.name].transform(users.get(s.name), n) for s in USER_NUMERIC]
-        return {
-            USER_ID: self.vocabularies[USER_ID_SPEC.name].lookup(users.get("user_id"), n),
-            USER_CAT: np.stack(cat, axis=1),
-            USER_NUM: np.stack(num, axis=1),
-            HISTORY: self.encode_history(histories, n),
-        }
+        out = self._plans["user"].encode(column, n)
+        for f in self._sequences:
+            rows = histories if f.name == HISTORY and histories is not None \
+                else users.get(f.name, [None] * n)
+            out[f.name] = self._sequence(f, rows, n)
+        return out
 
     def encode_items(self, items: Columns, n: int) -> dict[str, np.ndarray]:
-        """Candidate-side tensors for ``n`` rows: ``item_id``, ``item_cat``, ``item_num``.
+        """Candidate tensors for ``n`` rows (``item_id``, ``item_cat``, ``item_num``).
 
         Raises:
             MissingFeature, InvalidFeature: see the module docstring.
         """
-        cat = [self.vocabularies[s.name].lookup(items.get(s.name), n) for s in ITEM_CATEGORICAL]
-        num = [self.numeric[s.name].transform(items.get(s.name), n) for s in ITEM_NUMERIC]
-        return {
-            ITEM_ID: self.vocabularies[ITEM_ID_SPEC.name].lookup(items.get("video_id"), n),
-            ITEM_CAT: np.stack(cat, axis=1),
-            ITEM_NUM: np.stack(num, axis=1),
-        }
+        return self._plans["item"].encode(lambda f: items.get(f.name), n)
+
+    def encode_request(self, user: Mapping[str, Any], context: Mapping[str, Any],
+                       history: Any, candidates: Columns, n: int) -> dict[str, np.ndarray]:
+        """Every input of one ``/v1/rank`` request: one user row (plain JSON values in
+        ``user`` and ``context``, ``history`` its id list) and ``n`` candidates; identical
+        to :meth:`encode_items` + :meth:`encode_users` on one-row columns, but without
+        numpy's per-call cost for each single user value.
+
+        Raises:
+            MissingFeature, InvalidFeature: see the module docstring.
+        """
+        tensors = self.encode_items(candidates, n)
+        tensors.update(self._plans["user"].encode_one(user, context))
+        for f in self._sequences:
+            rows = [history] if f.name == HISTORY else [user.get(f.name)]
+            tensors[f.name] = self._sequence(f, rows, 1)
+        tensors[ITEM_TO_USER] = np.zeros(n, dtype=np.int64)
+        return tensors
 
     def encode_history(self, histories: Sequence[Any], n: int) -> npt.NDArray[np.int64]:
-        """``[n, history_length]`` video ids, most recent last, left-padded with 0.
+        """The ``history`` sequence: ``[n, length]`` ids, most recent last, left-padded
+        with 0.
 
         Raises:
             InvalidFeature: not one list of integers per row.
         """
+        return self._sequence(self.schema.feature(HISTORY), histories, n)
+
+    def _sequence(self, f: Feature, histories: Sequence[Any], n: int) -> npt.NDArray[np.int64]:
+        path = f.path
         if len(histories) != n:
-            raise InvalidFeature(f"'history' has {len(histories)} rows, expected {n}",
-                                 field="history")
-        length = self.history_length
+            raise InvalidFeature(f"'{path}' has {len(histories)} rows, expected {n}", field=path)
+        length = f.length or 0
         out = np.zeros((n, length), dtype=np.int64)
-        vocab = self.vocabularies[ITEM_ID_SPEC.name]
+        assert f.vocabulary_of is not None
+        vocab = self.vocabularies[f.vocabulary_of]
         for row, watched in enumerate(histories):
             if watched is None:
                 continue
             if not isinstance(watched, (list, tuple, np.ndarray)):
-                raise InvalidFeature("'history' must be a list of video ids", field="history")
+                raise InvalidFeature(f"'{path}' must be a list of {f.vocabulary_of} values",
+                                     field=path)
             recent = list(watched[-length:]) if not isinstance(watched, np.ndarray) \
                 else watched[-length:]
             if len(recent) == 0:
@@ -434,7 +358,139 @@ class FeatureEncoder:
             try:
                 ids = vocab.lookup(recent, len(recent))
             except (InvalidFeature, MissingFeature):
-                raise InvalidFeature("'history' must hold integer video ids",
-                                     field="history") from None
+                raise InvalidFeature(f"'{path}' must hold integer {f.vocabulary_of} values",
+                                     field=path) from None
             out[row, length - len(ids):] = ids
         return out
+
+
+class _Group:
+    """One group's (user or item) compiled encoding plan: its id, categorical and numeric
+    features in schema order, looked up and transformed into preallocated tensors."""
+
+    def __init__(self, encoder: FeatureEncoder, group: str) -> None:
+        schema = encoder.schema
+        self.group = group
+        ids = schema.group_features(group, "id")
+        self.id = encoder.vocabularies[ids[0].name] if ids else None
+        self.cat = [encoder.vocabularies[f.name] for f in schema.group_features(group, "cat")]
+        self.num = [encoder.numeric[f.name] for f in schema.group_features(group, "num")]
+
+    def encode(self, column: Any, n: int) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        cat = np.empty((n, len(self.cat)), dtype=np.int64)
+        for j, v in enumerate(self.cat):
+            cat[:, j] = v.lookup(column(v.spec), n)
+        num = np.empty((n, len(self.num)), dtype=np.float64)
+        for j, s in enumerate(self.num):
+            num[:, j] = s.column(column(s.spec), n)
+        if self.id is not None:
+            out[f"{self.group}_id"] = self.id.lookup(column(self.id.spec), n)
+        if self.cat:
+            out[f"{self.group}_cat"] = cat
+        if self.num:
+            out[f"{self.group}_num"] = transform_matrix(num, self.num)
+        return out
+
+    def encode_one(self, user: Mapping[str, Any], context: Mapping[str, Any]
+                   ) -> dict[str, np.ndarray]:
+        """One row from plain values; any value the fast path cannot decide goes through
+        the column path, so errors and odd types answer exactly as :meth:`encode` does."""
+        def raw(f: Feature) -> Any:
+            return (context if f.side == "context" else user).get(f.name, _ABSENT_VALUE)
+
+        cat = np.empty((1, len(self.cat)), dtype=np.int64)
+        for j, v in enumerate(self.cat):
+            cat[0, j] = _one_id(v, raw(v.spec))
+        num = np.empty((1, len(self.num)), dtype=np.float64)
+        for j, s in enumerate(self.num):
+            value = raw(s.spec)
+            kind = type(value)
+            if value is _ABSENT_VALUE or value is None:
+                num[0, j] = s.default
+            elif (kind is float and value - value == 0.0) or (kind is int
+                                                               and -2**53 < value < 2**53):
+                num[0, j] = value
+            else:
+                num[0, j] = s.column([value], 1)[0]
+        out: dict[str, np.ndarray] = {}
+        if self.id is not None:
+            out[f"{self.group}_id"] = np.array([_one_id(self.id, raw(self.id.spec))],
+                                               dtype=np.int64)
+        if self.cat:
+            out[f"{self.group}_cat"] = cat
+        if self.num:
+            out[f"{self.group}_num"] = transform_matrix(num, self.num)
+        return out
+
+
+def _one_id(lookup: Lookup, value: Any) -> int:
+    if value is _ABSENT_VALUE:
+        return int(lookup.lookup(None, 1)[0])
+    if isinstance(lookup, Vocabulary):
+        one = lookup.lookup_one(value)
+        if one is not None:
+            return one
+    return int(lookup.lookup([value], 1)[0])
+
+
+
+# -- the old module constants (KuaiRand's features as code), for callers not yet reading
+# ``encoder.schema``: derived from the default training schema file, never written here.
+_DEFAULT_SCHEMA = Path(__file__).resolve().parents[1] / "train" / "schemas" / "kuairand.yaml"
+
+
+@dataclass(frozen=True)
+class CategoricalSpec:
+    """Deprecated view of a categorical :class:`Feature` (side ``item``, kind int/str)."""
+
+    name: str
+    side: str
+    kind: str
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class NumericSpec:
+    """Deprecated view of a numeric :class:`Feature`."""
+
+    name: str
+    side: str
+
+
+def _legacy_constants() -> dict[str, Any]:
+    schema = Schema.load(_DEFAULT_SCHEMA)
+
+    def cat(f: Feature) -> CategoricalSpec:
+        return CategoricalSpec(f.name, "item" if f.side == "candidate" else f.side,
+                               "int" if f.kind == "categorical_id" else "str", f.required)
+
+    def num(f: Feature) -> NumericSpec:
+        return NumericSpec(f.name, "item" if f.side == "candidate" else f.side)
+
+    out: dict[str, Any] = {
+        "USER_CATEGORICAL": tuple(cat(f) for f in schema.group_features("user", "cat")),
+        "ITEM_CATEGORICAL": tuple(cat(f) for f in schema.group_features("item", "cat")),
+        "USER_NUMERIC": tuple(num(f) for f in schema.group_features("user", "num")),
+        "ITEM_NUMERIC": tuple(num(f) for f in schema.group_features("item", "num")),
+        "USER_ID_SPEC": cat(schema.group_features("user", "id")[0]),
+        "ITEM_ID_SPEC": cat(schema.group_features("item", "id")[0]),
+        "HISTORY_LENGTH": schema.feature(HISTORY).length,
+    }
+    out["ALL_CATEGORICAL"] = (out["USER_ID_SPEC"], out["ITEM_ID_SPEC"],
+                              *out["USER_CATEGORICAL"], *out["ITEM_CATEGORICAL"])
+    out["ALL_NUMERIC"] = (*out["USER_NUMERIC"], *out["ITEM_NUMERIC"])
+    return out
+
+
+_LEGACY: dict[str, Any] = {}
+
+
+def __getattr__(name: str) -> Any:
+    if name in {"USER_CATEGORICAL", "ITEM_CATEGORICAL", "USER_NUMERIC", "ITEM_NUMERIC",
+                "USER_ID_SPEC", "ITEM_ID_SPEC", "HISTORY_LENGTH", "ALL_CATEGORICAL",
+                "ALL_NUMERIC"}:
+        if not _LEGACY:
+            _LEGACY.update(_legacy_constants())
+        return _LEGACY[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,22 +15,10 @@ from typing import Any
 import numpy as np
 
 from serving.errors import BackendError, BadRequest
-from serving.ranking.features import (
-    HISTORY,
-    ITEM_CAT,
-    ITEM_CATEGORICAL,
-    ITEM_ID,
-    ITEM_ID_SPEC,
-    ITEM_TO_USER,
-    PROBS,
-    USER_CAT,
-    USER_CATEGORICAL,
-    USER_ID,
-    USER_ID_SPEC,
-    FeatureEncoder,
-)
+from serving.ranking.features import FeatureEncoder
 from serving.ranking.value import ValueModel, top_k
 from serving.repository.card import ModelCard
+from serving.repository.schema import PROBS, schema_of_card
 from serving.repository.served import ServedModel
 
 
@@ -54,11 +42,15 @@ class RankRequest:
 @dataclass
 class RankResult:
     model: ServedModel
-    video_ids: np.ndarray
+    id_field: str
+    """The schema's candidate id feature (``video_id`` for KuaiRand): the response key."""
+    ids: np.ndarray
     scores: np.ndarray
     probs: dict[str, np.ndarray]
     degraded: bool
     timings: dict[str, float]
+    ignored: list[str] = field(default_factory=list)
+    """Request fields the model's schema does not know (not read; see ``strict_features``)."""
 
 
 @dataclass
@@ -69,7 +61,7 @@ class Ranker:
 
     @classmethod
     def from_model(cls, model: ServedModel, card: ModelCard) -> Ranker:
-        return cls(model, FeatureEncoder.from_card(card.features),
+        return cls(model, FeatureEncoder.from_card(card.features, schema_of_card(card)),
                    ValueModel(card.tasks, card.value_weights))
 
     def encode(self, request: RankRequest) -> dict[str, np.ndarray]:
@@ -78,13 +70,8 @@ class Ranker:
         Raises:
             MissingFeature, InvalidFeature: naming the field.
         """
-        encoder, n = self.encoder, request.n
-        tensors = encoder.encode_items(request.candidates, n)
-        users = {k: [v] for k, v in request.user.items()}
-        contexts = {k: [v] for k, v in request.context.items()}
-        tensors.update(encoder.encode_users(users, contexts, [request.history], 1))
-        tensors[ITEM_TO_USER] = np.zeros(n, dtype=np.int64)
-        return tensors
+        return self.encoder.encode_request(request.user, request.context, request.history,
+                                           request.candidates, request.n)
 
     def rank(self, request: RankRequest, outputs: Mapping[str, np.ndarray],
              weights: np.ndarray, shown: list[int], degraded: bool = False) -> RankResult:
@@ -104,7 +91,8 @@ class Ranker:
                                f"({request.n}, {len(tasks)})")
         scores = ValueModel.score(probs, weights)
         order = top_k(scores, request.top_k)
-        return RankResult(self.model, _ids(request.candidates["video_id"])[order],
+        id_field = self.encoder.candidate_id
+        return RankResult(self.model, id_field, _ids(request.candidates[id_field])[order],
                           scores[order], {tasks[j]: probs[order, j] for j in shown},
                           degraded, {})
 
@@ -115,12 +103,7 @@ class Ranker:
         Raises:
             BadRequest: an id is negative or past its feature's vocabulary.
         """
-        sizes = self.encoder.cardinalities()
-        limits = {USER_ID: sizes[USER_ID_SPEC.name], ITEM_ID: sizes[ITEM_ID_SPEC.name],
-                  HISTORY: sizes[ITEM_ID_SPEC.name],
-                  USER_CAT: np.array([sizes[s.name] for s in USER_CATEGORICAL]),
-                  ITEM_CAT: np.array([sizes[s.name] for s in ITEM_CATEGORICAL])}
-        for name, limit in limits.items():
+        for name, limit in self.encoder.id_limits().items():
             ids = inputs[name]
             if ids.size and ((ids < 0).any() or (ids >= limit).any()):
                 raise BadRequest(f"'{name}' holds ids outside the model's vocabulary",

@@ -1,11 +1,12 @@
 """The model card: the JSON file beside each ``model.onnx`` that says what the model is.
 
 It records the tasks (names and order of the ``probs`` columns), the tensor signature, the
-feature encoder's fitted state, default value-model weights, the training data range,
-offline metrics (the ranker's and the logistic-regression baseline's), the ONNX/PyTorch
-parity error, the opset and the sha256 of the ONNX file. Training writes it; the gateway,
-``check-repo`` and the Triton backend read it. Only ``/v1/rank`` needs one: ``/v2`` serves
-any ONNX model in the repository.
+feature schema (whole, as its schema file says it: docs/schema.md), the feature encoder's
+fitted state, default value-model weights, the training data range, offline metrics (the
+ranker's and the logistic-regression baseline's), the ONNX/PyTorch parity error, the opset
+and the sha256 of the ONNX file. Training writes it; the gateway, ``check-repo`` and the
+Triton backend read it. Only ``/v1/rank`` needs one: ``/v2`` serves any ONNX model in the
+repository.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
+    schema: dict[str, Any] = field(default_factory=dict)
+    """The model's feature schema, whole (docs/schema.md); empty in a card written before
+    schemas existed, whose ``features`` section then implies it."""
 
     @classmethod
     def load(cls, path: Path) -> ModelCard:

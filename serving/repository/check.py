@@ -4,7 +4,8 @@ For every model folder: ``config.pbtxt`` must parse into Triton's ``ModelConfig`
 (so a misspelled field fails here, not on a GPU node), its name must match the folder, and
 for ONNX models each version's graph must agree with the config (input and output names,
 dtypes, dims, the batch dimension implied by ``max_batch_size``, the warm-up sample) and
-with the model card beside it (names, dtypes, shapes, and the sha256 of ``model.onnx``).
+with the model card beside it (names, dtypes, shapes, the sha256 of ``model.onnx``, and its
+feature schema: the inputs the schema's tensor rule yields must be the graph's).
 Every disagreement is reported with the file and tensor it concerns; the exit status is 1
 if there is any.
 """
@@ -22,6 +23,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from serving.errors import ModelCardError
 from serving.repository.card import CARD_FILE, ONNX_FILE, ModelCard, sha256_of
 from serving.repository.config import CONFIG_FILE, parse_config
+from serving.repository.schema import SchemaError, disagreements, schema_of_card
 from serving.repository.served import model_file
 from serving.repository.tensors import (
     TensorSpec,
@@ -111,6 +113,10 @@ def check_card(model_name: str, version_dir: Path, graph_in: dict[str, TensorSpe
                         f"'{version_dir.name}'")
     problems += compare("input", where, graph_in, specs_by_name(card.inputs), ONNX_FILE)
     problems += compare("output", where, graph_out, specs_by_name(card.outputs), ONNX_FILE)
+    try:
+        problems += disagreements(schema_of_card(card), card, graph_in, where)
+    except SchemaError as e:
+        problems.append(f"{where}: schema: {e.message}")
     actual = sha256_of(version_dir / ONNX_FILE)
     if card.onnx_sha256 != actual:
         problems.append(f"{where}: onnx_sha256 {card.onnx_sha256} does not match "

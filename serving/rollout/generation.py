@@ -83,6 +83,7 @@ class Generation:
         """
         keyed = model_keys(models)
         backend = factory(settings, keyed)
+        backend.bind_metrics(metrics)
         await backend.start()
         served: list[Served] = []
         try:
@@ -148,31 +149,53 @@ async def _close(backend: Backend, served: Sequence[Served]) -> None:
 
 
 async def _warm_up(backend: Backend, batcher: Batcher, model: ServedModel) -> None:
-    """First runs allocate memory and pick kernels; they also seed the latency model.
-    Best effort: a backend that is not ready yet (Triton still loading) is warmed up
-    by traffic instead, and the latency model starts from its prior."""
+    """First runs allocate memory, pick kernels and (TensorRT) build engines: each warm-up
+    shape repeats until its time is stable, so traffic never pays for that. Warm-up never
+    teaches the latency model: one engine build would have it predict seconds for every
+    batch of that size (and admission refuse them); it learns from served batches only.
+    Best effort: a backend that is not ready yet (Triton still loading) is warmed up by
+    traffic instead."""
     try:
         await _warm_up_runs(backend, batcher, model)
     except RankServeError as e:
         log.warning("warm-up of %s skipped: %s", model.name, e.message)
 
 
+WARMUP_MAX_RUNS = 12
+"""Runs per warm-up shape at most, stable or not."""
+
+
+def stable(times: Sequence[float], window: int) -> bool:
+    """Whether the last ``window`` run times agree (within 25% + 0.5 ms): the one-off
+    costs are over. ``window`` covers every session of a pool, which backends take in turn."""
+    if len(times) < window + 1:  # the first run is setup, never part of the window
+        return False
+    last = times[-window:]
+    return max(last) <= 1.25 * min(last) + 5e-4
+
+
 async def _warm_up_runs(backend: Backend, batcher: Batcher, model: ServedModel) -> None:
     layout = batcher.layout
     if not isinstance(layout, CandidateLayout):
         return
-    for i, rows in enumerate(r for r in WARMUP_ROWS if r <= batcher.policy.batch_rows):
+    loop = asyncio.get_running_loop()
+    window = max(2, backend.instances)
+    settled: dict[int, float] = {}
+    for rows in (r for r in WARMUP_ROWS if r <= batcher.policy.batch_rows):
         inputs = {}
         for t in model.inputs:
             n = 1 if t.name in layout.shared else rows
             shape = [n if axis == 0 and d < 0 else max(d, 1) for axis, d in enumerate(t.shape)]
             inputs[t.name] = np.zeros(shape, dtype=t.numpy_dtype)
-        loop = asyncio.get_running_loop()
-        for repeat in range(2):
+        times: list[float] = []
+        while len(times) < WARMUP_MAX_RUNS and not stable(times, window):
             started = loop.time()
             await backend.infer(batcher.model, inputs, 60.0)
-            if i or repeat:  # the very first run includes one-off setup costs
-                batcher.latency.observe(rows, loop.time() - started)
-    fixed, per_row = batcher.latency.coefficients
-    log.info("warmed up %s version %d: predicted batch time %.3f ms + %.2f us/row",
-             model.name, model.version, fixed * 1e3, per_row * 1e6)
+            times.append(loop.time() - started)
+        if not stable(times, window):
+            log.warning("warm-up of %s version %d at %d rows did not settle in %d runs "
+                        "(last %s ms)", model.name, model.version, rows, len(times),
+                        ", ".join(f"{t * 1e3:.1f}" for t in times[-window:]))
+        settled[rows] = min(times[-window:])
+    log.info("warmed up %s version %d: %s", model.name, model.version,
+             ", ".join(f"{rows} rows {t * 1e3:.2f} ms" for rows, t in settled.items()))

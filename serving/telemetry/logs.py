@@ -1,4 +1,5 @@
-"""Structured JSON logs, one object per line, carrying the current request id.
+"""Structured JSON logs, one object per line, carrying the current request id; or, on a
+terminal, the same records as human-readable lines.
 
 The request id lives in a context variable set by the gateway's middleware, so any log
 line written while serving a request (codec, batcher, backend) carries it without the id
@@ -45,10 +46,32 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Send every logger's records to stderr as JSON lines at ``level``."""
+class TextFormatter(logging.Formatter):
+    """``12:00:01.234 INFO  rankserve.serve: message  key=value ... [request id]``: the same
+    fields as :class:`JsonFormatter`, for a person at a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        line = (f"{stamp}.{int(record.msecs):03d} {record.levelname:<7} {record.name}: "
+                f"{record.getMessage()}")
+        extras = [f"{k}={v}" for k, v in vars(record).items()
+                  if k not in _STANDARD and not k.startswith("_")]
+        if extras:
+            line += "  " + " ".join(extras)
+        request_id = request_id_var.get()
+        if request_id is not None:
+            line += f"  [{request_id}]"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
+    """Send every logger's records to stderr at ``level``: as JSON lines (``json``), as
+    text (``text``), or text only when stderr is a terminal (``auto``)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    text = fmt == "text" or (fmt == "auto" and sys.stderr.isatty())
+    handler.setFormatter(TextFormatter() if text else JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -8,49 +8,86 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from serving.train.baseline import BASELINE_FILE, run_baseline
-from serving.train.data import TEST_DAYS, TRAIN_DAYS, TUNE_DAYS, VALIDATION_DAYS, load_log
-from serving.train.model import ModelConfig
-from serving.train.pipeline import run_training, save_checkpoint
-from serving.train.trainer import TrainConfig
+from serving.train.cli_edge import fail, missing_extra, train_defaults
+
+DEFAULT_SCHEMA_FILE = Path(__file__).resolve().parent / "schemas" / "kuairand.yaml"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    defaults = TrainConfig()
+    """Options only: no torch needed, so ``--help`` works after a plain ``make serve``."""
+    defaults = train_defaults()
     parser.add_argument("--data", default=None,
                         help="KuaiRand directory (default: $RANKSERVE_DATA or "
                              "../shared/data/kuairand)")
+    parser.add_argument("--schema", type=Path, default=DEFAULT_SCHEMA_FILE,
+                        help="the model's feature schema (docs/schema.md; default: "
+                             "serving/train/schemas/kuairand.yaml, feed_ranker's)")
     parser.add_argument("--run-dir", type=Path, default=Path("runs/feed_ranker"),
-                        help="where the checkpoint and metrics go")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-rows", type=int, default=defaults.batch_rows)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--wide-lr", type=float, default=defaults.wide_lr)
-    parser.add_argument("--wide-l2", type=float, default=defaults.wide_l2)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--threads", type=int, default=defaults.threads)
+                        help="where the checkpoint and metrics go (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=defaults.get("epochs"),
+                        help="passes over the training days (default: %(default)s)")
+    parser.add_argument("--batch-rows", type=int, default=defaults.get("batch_rows"),
+                        help="impressions per optimiser step (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=defaults.get("lr"),
+                        help="learning rate of the deep part (default: %(default)s)")
+    parser.add_argument("--wide-lr", type=float, default=defaults.get("wide_lr"),
+                        help="learning rate of the wide part (default: %(default)s)")
+    parser.add_argument("--wide-l2", type=float, default=defaults.get("wide_l2"),
+                        help="L2 penalty of the wide part (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults.get("seed"),
+                        help="random seed (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=defaults.get("threads"),
+                        help="torch CPU threads (default: %(default)s)")
     parser.add_argument("--max-steps", type=int, default=None,
-                        help="stop after this many batches (quick runs)")
-    parser.add_argument("--no-wide", action="store_true", help="deep part only (ablation)")
+                        help="stop after this many batches, for quick runs (default: no limit)")
+    parser.add_argument("--no-wide", action="store_true",
+                        help="deep part only, an ablation (default: off)")
     parser.add_argument("--validate", action="store_true",
-                        help="tuning mode: train on 04-25..05-03, evaluate on 05-04")
+                        help="tuning mode: train on 04-25..05-03, evaluate on 05-04 "
+                             "(default: off)")
     parser.add_argument("--baseline", action="store_true",
                         help="also fit the logistic-regression baseline (about 3 minutes) and "
-                             "save it beside the checkpoint for the model card")
-    parser.add_argument("--no-progress", action="store_true")
+                             "save it beside the checkpoint for the model card's baseline "
+                             "section (default: off)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (default: off)")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train, or say in one line which extra is missing or what went wrong."""
+    problem = missing_extra("train")
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 2
+    try:
+        return _train(args)
+    except (OSError, ValueError) as e:  # DataNotFound is a FileNotFoundError
+        return fail("train", e)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from serving.repository.schema import Schema
+    from serving.train.baseline import BASELINE_FILE, run_baseline
+    from serving.train.data import TEST_DAYS, TRAIN_DAYS, TUNE_DAYS, VALIDATION_DAYS, load_log
+    from serving.train.model import ModelConfig
+    from serving.train.pipeline import run_training, save_checkpoint
+    from serving.train.trainer import TrainConfig
+
     cfg = TrainConfig(epochs=args.epochs, batch_rows=args.batch_rows, lr=args.lr,
                       wide_lr=args.wide_lr, wide_l2=args.wide_l2, seed=args.seed,
                       threads=args.threads, max_steps=args.max_steps)
     train_days, eval_days = (TUNE_DAYS, VALIDATION_DAYS) if args.validate \
         else (TRAIN_DAYS, TEST_DAYS)
+    schema = Schema.load(args.schema)
+    if schema.data.get("format") != "kuairand":
+        raise ValueError(f"schema {args.schema} has data.format "
+                         f"{schema.data.get('format')!r}; the only data reader is 'kuairand'")
     log = load_log(args.data)
     result = run_training(log, cfg, ModelConfig(wide=not args.no_wide), train_days, eval_days,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, schema=schema)
     path = save_checkpoint(result, args.run_dir)
     print(json.dumps({"metrics": result.metrics, "training": result.training}, indent=1))
     print(f"checkpoint: {path}")

@@ -25,25 +25,27 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from serving.ranking.features import (
-    HISTORY_LENGTH,
-    ITEM_CATEGORICAL,
-    ITEM_NUMERIC,
-    USER_CATEGORICAL,
-    USER_NUMERIC,
-)
+from serving.repository.schema import Schema
 
-LOG_FILE = "log_standard_0425_0508.csv.gz"
-USER_FILE = "user_features_pure.csv"
-VIDEO_FILE = "video_features_basic_pure.csv"
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+DEFAULT_SCHEMA_FILE = SCHEMA_DIR / "kuairand.yaml"
+DEFAULT_SCHEMA = Schema.load(DEFAULT_SCHEMA_FILE)
+"""feed_ranker's schema: which features and tasks exist, and (``data``) where they are in
+the KuaiRand files. Every name below comes from it."""
+_DATA = DEFAULT_SCHEMA.data
+_REQUEST = _DATA["request"]
+USER_KEY, ITEM_KEY, TIME_KEY = _REQUEST["user"], _REQUEST["item"], _REQUEST["time"]
+DAY_KEY, MINUTE_KEY, ENGAGEMENT = _REQUEST["day"], _REQUEST["minute"], _DATA["engagement"]
+
+LOG_FILE = _DATA["impressions"]
+USER_FILE = _DATA["user_table"]["file"]
+VIDEO_FILE = _DATA["item_table"]["file"]
 DATA_FILES = (LOG_FILE, USER_FILE, VIDEO_FILE)
 DATA_ENV = "RANKSERVE_DATA"
 
-TASKS = ("click", "long_view", "like", "follow", "comment", "forward", "profile_enter")
-LABEL_COLUMNS = {
-    "click": "is_click", "long_view": "long_view", "like": "is_like", "follow": "is_follow",
-    "comment": "is_comment", "forward": "is_forward", "profile_enter": "is_profile_enter",
-}
+TASKS = tuple(t.name for t in DEFAULT_SCHEMA.tasks)
+LABEL_COLUMNS = DEFAULT_SCHEMA.labels()
+HISTORY_LENGTH = DEFAULT_SCHEMA.group_features("user", "seq")[0].length or 0
 
 # The temporal split (dates as in the log's ``date`` column). Tuning trains on TUNE_DAYS and
 # validates on VALIDATION_DAYS; the final model trains on TRAIN_DAYS and is tested on TEST_DAYS.
@@ -53,15 +55,20 @@ TUNE_DAYS = TRAIN_DAYS[:-1]
 TEST_DAYS = tuple(range(20220505, 20220509))
 
 Grouping = Literal["minute", "day"]
-_GROUP_KEYS: dict[str, list[str]] = {"minute": ["user_id", "date", "hourmin"],
-                                     "day": ["user_id", "date"]}
+_GROUP_KEYS: dict[str, list[str]] = {"minute": [USER_KEY, DAY_KEY, MINUTE_KEY],
+                                     "day": [USER_KEY, DAY_KEY]}
 
-USER_COLUMNS = ["user_id", *(s.name for s in USER_CATEGORICAL if s.side == "user"),
-                *(s.name for s in USER_NUMERIC)]
-CONTEXT_COLUMNS = [s.name for s in USER_CATEGORICAL if s.side == "context"]
-ITEM_COLUMNS = ["video_id", *(s.name for s in ITEM_CATEGORICAL), *(s.name for s in ITEM_NUMERIC)]
-_STR_COLUMNS = {s.name for s in (*USER_CATEGORICAL, *ITEM_CATEGORICAL) if s.kind == "str"}
-_NUMERIC_COLUMNS = {s.name for s in (*USER_NUMERIC, *ITEM_NUMERIC)}
+
+def _names(side: str) -> list[str]:
+    return [f.name for f in DEFAULT_SCHEMA.features
+            if f.side == side and f.kind != "id_sequence"]
+
+
+USER_COLUMNS = _names("user")
+CONTEXT_COLUMNS = _names("context")
+ITEM_COLUMNS = _names("candidate")
+_STR_COLUMNS = {f.name for f in DEFAULT_SCHEMA.features if f.kind == "categorical_string"}
+_NUMERIC_COLUMNS = {f.name for f in DEFAULT_SCHEMA.features if f.kind == "numeric"}
 
 
 class DataNotFound(FileNotFoundError):
@@ -104,7 +111,7 @@ class Log:
 
     def days(self, days: Sequence[int]) -> Log:
         """The impressions of ``days`` only; histories still see every earlier click."""
-        keep = self.impressions["date"].isin(list(days))
+        keep = self.impressions[DAY_KEY].isin(list(days))
         return Log(self.impressions[keep].reset_index(drop=True), self.clicks)
 
 
@@ -126,7 +133,8 @@ def load_log(data_dir: str | Path | None = None) -> Log:
     videos = videos.rename(columns={"video_duration": "duration_ms_video"})
     videos["tag"] = videos["tag"].map(_first_tag)
     log = log.drop(columns=["duration_ms"])
-    frame = log.merge(users, on="user_id", how="left").merge(videos, on="video_id", how="left")
+    frame = log.merge(users, on=_DATA["user_table"]["key"], how="left")
+    frame = frame.merge(videos, on=_DATA["item_table"]["key"], how="left")
     frame = frame.rename(columns={"duration_ms_video": "duration_ms"})
     frame["hour"] = frame["hourmin"] // 100
     day = pd.to_datetime(frame["date"].astype(str), format="%Y%m%d")
@@ -134,9 +142,9 @@ def load_log(data_dir: str | Path | None = None) -> Log:
         + pd.to_timedelta(frame["hourmin"] % 100, unit="m")
     age = (seen - pd.to_datetime(frame["upload_dt"])).dt.total_seconds() / 86400.0
     frame["age_days"] = age.clip(lower=0.0)
-    frame = frame.sort_values(["time_ms", "user_id", "video_id"], kind="stable")
+    frame = frame.sort_values([TIME_KEY, USER_KEY, ITEM_KEY], kind="stable")
     frame = frame.reset_index(drop=True)
-    clicks = frame.loc[frame["is_click"] == 1, ["user_id", "time_ms", "video_id"]]
+    clicks = frame.loc[frame[ENGAGEMENT] == 1, [USER_KEY, TIME_KEY, ITEM_KEY]]
     return Log(frame, clicks.reset_index(drop=True))
 
 
@@ -172,23 +180,23 @@ class Requests:
 def group_requests(log: Log, by: Grouping = "minute") -> Requests:
     """Group impressions into requests and attach each request's click history."""
     keys = _GROUP_KEYS[by]
-    items = log.impressions.sort_values([*keys, "time_ms"], kind="stable").reset_index(drop=True)
+    items = log.impressions.sort_values([*keys, TIME_KEY], kind="stable").reset_index(drop=True)
     request = items.groupby(keys, sort=False).ngroup().to_numpy()
     items["request"] = request
     first = items.groupby("request", sort=True).head(1)
-    requests = first[[*USER_COLUMNS, *CONTEXT_COLUMNS, "date", "time_ms"]].reset_index(drop=True)
+    requests = first[[*USER_COLUMNS, *CONTEXT_COLUMNS, DAY_KEY, TIME_KEY]].reset_index(drop=True)
     counts = np.bincount(request, minlength=len(requests))
     offsets = np.concatenate([[0], np.cumsum(counts)])
-    histories = _histories(log.clicks, requests["user_id"].to_numpy(),
-                           requests["time_ms"].to_numpy())
+    histories = _histories(log.clicks, requests[USER_KEY].to_numpy(),
+                           requests[TIME_KEY].to_numpy())
     return Requests(requests, histories, items, offsets)
 
 
 def _histories(clicks: pd.DataFrame, users: np.ndarray, times: np.ndarray) -> list[list[int]]:
     """Per request: the last ``HISTORY_LENGTH`` videos its user clicked strictly before it."""
-    ordered = clicks.sort_values(["user_id", "time_ms"], kind="stable")
-    click_users = ordered["user_id"].to_numpy()
-    click_times, videos = ordered["time_ms"].to_numpy(), ordered["video_id"].to_numpy()
+    ordered = clicks.sort_values([USER_KEY, TIME_KEY], kind="stable")
+    click_users = ordered[USER_KEY].to_numpy()
+    click_times, videos = ordered[TIME_KEY].to_numpy(), ordered[ITEM_KEY].to_numpy()
     # Each request's user owns the slice [lo, hi) of the sorted clicks; k = clicks before t.
     lo = np.searchsorted(click_users, users, side="left")
     hi = np.searchsorted(click_users, users, side="right")
@@ -235,7 +243,7 @@ def request_bodies(grouped: Requests, which: Sequence[int]) -> list[dict[str, An
         lo, hi = grouped.offsets[i], grouped.offsets[i + 1]
         items = grouped.items.iloc[lo:hi].to_dict("records")
         bodies.append({
-            "request_id": f"kuairand-{req['date']}-{req['user_id']}-{req['time_ms']}",
+            "request_id": f"{DEFAULT_SCHEMA.name}-{req[DAY_KEY]}-{req[USER_KEY]}-{req[TIME_KEY]}",
             "user": _json_row(req, USER_COLUMNS),
             "context": _json_row(req, CONTEXT_COLUMNS),
             "history": [int(v) for v in grouped.histories[i]],
@@ -254,7 +262,7 @@ def load_requests(data_dir: str | Path | None = None, days: Sequence[int] = TEST
         DataNotFound: see :func:`resolve_data_dir`.
     """
     grouped = group_requests(load_log(data_dir).days(days), by=by)
-    order = np.argsort(grouped.requests["time_ms"].to_numpy(), kind="stable")
+    order = np.argsort(grouped.requests[TIME_KEY].to_numpy(), kind="stable")
     sizes = np.diff(grouped.offsets)
     order = order[sizes[order] >= min_candidates][:limit]
     return request_bodies(grouped, order.tolist())

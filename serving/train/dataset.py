@@ -16,8 +16,10 @@ import torch
 from torch import Tensor
 
 from serving.ranking.features import ITEM_TO_USER, FeatureEncoder
+from serving.repository.schema import Schema
 from serving.train.data import (
     CONTEXT_COLUMNS,
+    DEFAULT_SCHEMA,
     ITEM_COLUMNS,
     USER_COLUMNS,
     Requests,
@@ -25,10 +27,11 @@ from serving.train.data import (
 )
 
 
-def fit_encoder(impressions: pd.DataFrame) -> FeatureEncoder:
-    """Vocabularies and numeric constants from the training impressions only."""
-    return FeatureEncoder.fit(raw_columns(impressions,
-                                          [*USER_COLUMNS, *CONTEXT_COLUMNS, *ITEM_COLUMNS]))
+def fit_encoder(impressions: pd.DataFrame, schema: Schema = DEFAULT_SCHEMA) -> FeatureEncoder:
+    """Vocabularies and numeric constants of ``schema``'s features from the training
+    impressions only."""
+    names = [f.name for f in schema.features if f.kind != "id_sequence"]
+    return FeatureEncoder.fit(schema, raw_columns(impressions, names))
 
 
 @dataclass

@@ -5,11 +5,12 @@ input, R and N separate), check it with ``onnx.checker``, apply ONNX Runtime's *
 optimizations (constant folding, redundant-node removal: standard ONNX ops only, so any
 Triton onnxruntime backend loads the result) and save them, then measure parity against
 PyTorch on real held-out requests and write ``config.pbtxt`` and the model card.
+The command line (``rankserve export``) is :mod:`serving.train.export_command`, which runs
+this into a staging folder and publishes the version only once it passes its checks.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import warnings
 from collections.abc import Mapping
@@ -21,12 +22,12 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from serving.ranking.features import MODEL_INPUTS, PROBS, USER_INPUTS
 from serving.repository.card import CARD_FILE, ONNX_FILE, ModelCard, sha256_of
 from serving.repository.config import write_config
+from serving.repository.schema import PROBS, Schema
 from serving.repository.tensors import TensorSpec, wire_of_numpy
 from serving.train.baseline import BASELINE_FILE
-from serving.train.data import TEST_DAYS, Log, group_requests, load_log
+from serving.train.data import TEST_DAYS, Log, group_requests
 from serving.train.dataset import EncodedSplit
 from serving.train.model import FeedRanker
 from serving.train.pipeline import load_checkpoint
@@ -35,34 +36,31 @@ from serving.train.seeds import SEEDS_FILE
 OPSET = 17
 PARITY_TOLERANCE = 1e-5
 
-# Default value-model weights: how much each engagement is worth relative to a click.
-# Rarer, stronger signals (a follow or a share) weigh more; callers can override per request.
-VALUE_WEIGHTS = {"click": 1.0, "long_view": 1.0, "like": 2.0, "follow": 4.0, "comment": 3.0,
-                 "forward": 4.0, "profile_enter": 1.0}
 
-def tensor_specs(sample: Mapping[str, np.ndarray]) -> list[TensorSpec]:
-    """Input specs in contract order, leading dimension dynamic (-1)."""
+def tensor_specs(sample: Mapping[str, np.ndarray], schema: Schema) -> list[TensorSpec]:
+    """Input specs in the schema's order, leading dimension dynamic (-1)."""
     return [TensorSpec(name, wire_of_numpy(sample[name].dtype), (-1, *sample[name].shape[1:]))
-            for name in MODEL_INPUTS]
+            for name in schema.input_names()]
 
 
 def export_onnx(model: FeedRanker, sample: Mapping[str, np.ndarray], path: Path,
-                opset: int = OPSET) -> None:
+                schema: Schema, opset: int = OPSET) -> None:
     """Export, check and optimise ``model`` into one self-contained ONNX file.
 
     Raises:
         onnx.checker.ValidationError: the exported graph is invalid.
     """
-    dynamic = {name: {0: "requests" if name in USER_INPUTS else "candidates"}
-               for name in MODEL_INPUTS}
+    names, user_inputs = schema.input_names(), schema.input_names("user")
+    dynamic = {name: {0: "requests" if name in user_inputs else "candidates"}
+               for name in names}
     dynamic[PROBS] = {0: "candidates"}
-    args = tuple(torch.from_numpy(np.ascontiguousarray(sample[n])) for n in MODEL_INPUTS)
+    args = tuple(torch.from_numpy(np.ascontiguousarray(sample[n])) for n in names)
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = path.with_suffix(".raw.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(model.eval(), args, str(raw), dynamo=False, opset_version=opset,
-                          input_names=list(MODEL_INPUTS), output_names=[PROBS],
+                          input_names=list(names), output_names=[PROBS],
                           dynamic_axes=dynamic, do_constant_folding=True)
     onnx.checker.check_model(onnx.load(str(raw)), full_check=True)
     options = ort.SessionOptions()
@@ -80,7 +78,7 @@ def onnx_session(path: Path) -> ort.InferenceSession:
 
 
 def measure_parity(model: FeedRanker, session: ort.InferenceSession, data: EncodedSplit,
-                   requests_per_batch: int = 64) -> dict[str, Any]:
+                   schema: Schema, requests_per_batch: int = 64) -> dict[str, Any]:
     """Max and mean |ONNX - PyTorch| of the probabilities over every candidate of ``data``,
     scored in multi-request batches (so ``item_to_user`` gathers across requests, as in
     serving)."""
@@ -89,7 +87,8 @@ def measure_parity(model: FeedRanker, session: ort.InferenceSession, data: Encod
         stop = min(start + requests_per_batch, data.n_requests)
         inputs, _ = data.select(np.arange(start, stop))
         with torch.no_grad():
-            expected = model(*(torch.from_numpy(inputs[n]) for n in MODEL_INPUTS)).numpy()
+            expected = model(*(torch.from_numpy(inputs[n])
+                               for n in schema.input_names())).numpy()
         got = session.run([PROBS], inputs)[0]
         diffs.append(np.abs(got - expected).ravel())
     diff = np.concatenate(diffs)
@@ -124,38 +123,22 @@ def export_repository(run_dir: Path, repository: Path, log: Log,
     sample, _ = held_out.select(np.arange(8))
     model_dir = repository / name
     onnx_path = model_dir / str(version) / ONNX_FILE
-    export_onnx(model, sample, onnx_path, opset)
-    parity = measure_parity(model, onnx_session(onnx_path), held_out)
+    schema = encoder.schema
+    export_onnx(model, sample, onnx_path, schema, opset)
+    parity = measure_parity(model, onnx_session(onnx_path), held_out, schema)
     if parity["max_abs_diff"] > PARITY_TOLERANCE:
         raise ValueError(f"ONNX/PyTorch parity {parity['max_abs_diff']:.2e} exceeds "
                          f"{PARITY_TOLERANCE:.0e}")
     tasks = list(saved["tasks"])
     card = ModelCard(
-        name=name, version=version, tasks=tasks, inputs=tensor_specs(sample),
+        name=name, version=version, tasks=tasks, inputs=tensor_specs(sample, schema),
         outputs=[TensorSpec(PROBS, "FP32", (-1, len(tasks)))],
-        features=encoder.to_card(), value_weights={t: VALUE_WEIGHTS.get(t, 1.0) for t in tasks},
+        features=encoder.to_card(),
+        value_weights={t: schema.value_weights.get(t, 1.0) for t in tasks},
         opset=opset, onnx_sha256=sha256_of(onnx_path), training=saved["training"],
-        metrics={"test": saved["metrics"], **_extra_metrics(run_dir)}, parity=parity)
+        metrics={"test": saved["metrics"], **_extra_metrics(run_dir)}, parity=parity,
+        schema=schema.to_dict())
     card.save(onnx_path.parent / CARD_FILE)
-    write_config(card, model_dir, USER_INPUTS)
+    write_config(card, model_dir, schema.input_names("user"))
     return card
 
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run-dir", type=Path, default=Path("runs/feed_ranker"),
-                        help="checkpoint written by `rankserve train`")
-    parser.add_argument("--data", default=None, help="KuaiRand directory (held-out requests)")
-    parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
-    parser.add_argument("--name", default="feed_ranker")
-    parser.add_argument("--version", type=int, default=1)
-    parser.add_argument("--opset", type=int, default=OPSET)
-    parser.add_argument("--parity-candidates", type=int, default=2000)
-
-
-def run(args: argparse.Namespace) -> int:
-    card = export_repository(args.run_dir, args.model_repository, load_log(args.data), args.name,
-                             args.version, args.opset, args.parity_candidates)
-    onnx_path = args.model_repository / args.name / str(args.version) / ONNX_FILE
-    print(json.dumps({"model": str(onnx_path), "bytes": onnx_path.stat().st_size,
-                      "sha256": card.onnx_sha256, "parity": card.parity}, indent=1))
-    return 0

@@ -1,11 +1,11 @@
 """The multi-task feed ranker: a wide part over sparse ids beside a deep part.
 
-Inputs follow the model contract (:mod:`serving.ranking.features`): user-side tensors have
-one row per request (``[R, ...]``), candidate tensors one row per candidate (``[N, ...]``)
-and ``item_to_user`` maps each candidate to its request row. Everything user-side, the
-embeddings, the history attention and the user's wide weights, runs on the R request rows
-and is gathered to the N candidate rows inside the graph, so a request with 500 candidates
-pays for its user once.
+Inputs follow the model contract (the schema's tensor rule,
+:mod:`serving.repository.schema`): user-side tensors have one row per request (``[R,
+...]``), candidate tensors one row per candidate (``[N, ...]``) and ``item_to_user`` maps
+each candidate to its request row. Everything user-side, the embeddings, the history
+attention and the user's wide weights, runs on the R request rows and is gathered to the N
+candidate rows inside the graph, so a request with 500 candidates pays for its user once.
 
 * Deep part: embeddings; attention pooling over the click history with the user as the
   query (padding id 0 masked); low-rank DCN-v2 cross layers over the concatenated user and
@@ -32,12 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from serving.ranking.features import (
-    ITEM_CATEGORICAL,
-    ITEM_NUMERIC,
-    USER_CATEGORICAL,
-    USER_NUMERIC,
-)
+from serving.repository.schema import Schema
+from serving.train.data import DEFAULT_SCHEMA
 
 
 @dataclass
@@ -171,27 +167,35 @@ class FeedRanker(nn.Module):
 
     def __init__(self, cardinalities: dict[str, int], tasks: Sequence[str],
                  config: ModelConfig | None = None,
-                 prior_rates: Sequence[float] | None = None) -> None:
+                 prior_rates: Sequence[float] | None = None,
+                 schema: Schema | None = None) -> None:
         super().__init__()
         cfg = config or ModelConfig()
         self.config = cfg
         n_tasks = len(tasks)
-        user_sizes = [cardinalities[s.name] for s in USER_CATEGORICAL]
-        item_sizes = [cardinalities[s.name] for s in ITEM_CATEGORICAL]
-        self.user_id_emb = nn.Embedding(cardinalities["user_id"], cfg.id_dim)
-        self.item_id_emb = nn.Embedding(cardinalities["video_id"], cfg.id_dim)
+        schema = schema or DEFAULT_SCHEMA
+        user_sizes = [cardinalities[f.name] for f in schema.group_features("user", "cat")]
+        item_sizes = [cardinalities[f.name] for f in schema.group_features("item", "cat")]
+        user_id, item_id = schema.id_feature("user"), schema.id_feature("item")
+        if user_id is None or item_id is None or len(schema.group_features("user", "seq")) != 1:
+            raise ValueError("FeedRanker needs a user id, a candidate id and one id sequence "
+                             f"in its schema; {schema.name} has {schema.input_names()}")
+        n_user_num = len(schema.group_features("user", "num"))
+        n_item_num = len(schema.group_features("item", "num"))
+        self.user_id_emb = nn.Embedding(cardinalities[user_id.name], cfg.id_dim)
+        self.item_id_emb = nn.Embedding(cardinalities[item_id.name], cfg.id_dim)
         for emb in (self.user_id_emb, self.item_id_emb):
             nn.init.normal_(emb.weight, std=0.05)
         self.user_cat_emb = StackedEmbedding(user_sizes, cfg.user_cat_dim)
         self.item_cat_emb = StackedEmbedding(item_sizes, cfg.item_cat_dim)
-        user_dim = cfg.id_dim + len(user_sizes) * cfg.user_cat_dim + len(USER_NUMERIC)
+        user_dim = cfg.id_dim + len(user_sizes) * cfg.user_cat_dim + n_user_num
         self.history_attention = HistoryAttention(user_dim, cfg.id_dim)
-        item_dim = cfg.id_dim + len(item_sizes) * cfg.item_cat_dim + len(ITEM_NUMERIC)
+        item_dim = cfg.id_dim + len(item_sizes) * cfg.item_cat_dim + n_item_num
         dim = user_dim + cfg.id_dim + item_dim
         self.cross = CrossNetwork(dim, cfg.cross_layers, cfg.cross_rank)
         self.mmoe = MMoE(dim, n_tasks, cfg.experts, cfg.expert_hidden, cfg.tower_hidden)
-        self.wide_user = StackedEmbedding([cardinalities["user_id"], *user_sizes], n_tasks, 0.0)
-        self.wide_item = StackedEmbedding([cardinalities["video_id"], *item_sizes], n_tasks, 0.0)
+        self.wide_user = StackedEmbedding([cardinalities[user_id.name], *user_sizes], n_tasks, 0.0)
+        self.wide_item = StackedEmbedding([cardinalities[item_id.name], *item_sizes], n_tasks, 0.0)
         rates = torch.tensor(prior_rates or [0.5] * n_tasks, dtype=torch.float32)
         self.bias = nn.Parameter(torch.log(rates / (1 - rates)))
 

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from serving.ranking.features import FeatureEncoder
-from serving.train.data import TASKS, TEST_DAYS, TRAIN_DAYS, Log, group_requests
+from serving.repository.schema import Schema
+from serving.train.data import DEFAULT_SCHEMA, TASKS, TEST_DAYS, TRAIN_DAYS, Log, group_requests
 from serving.train.dataset import EncodedSplit, fit_encoder
 from serving.train.model import FeedRanker, ModelConfig
 from serving.train.trainer import TrainConfig, predict, seed_everything, task_metrics, train_model
@@ -35,7 +36,8 @@ class TrainResult:
 
 def run_training(log: Log, cfg: TrainConfig, model_cfg: ModelConfig | None = None,
                  train_days: Sequence[int] = TRAIN_DAYS, eval_days: Sequence[int] = TEST_DAYS,
-                 progress: bool = True, limit_rows: int | None = None) -> TrainResult:
+                 progress: bool = True, limit_rows: int | None = None,
+                 schema: Schema = DEFAULT_SCHEMA) -> TrainResult:
     """Train on ``train_days`` and evaluate on ``eval_days``.
 
     ``limit_rows`` keeps only the first rows of each split (in time order), for smoke tests.
@@ -45,12 +47,15 @@ def run_training(log: Log, cfg: TrainConfig, model_cfg: ModelConfig | None = Non
     if limit_rows is not None:
         train_log.impressions = train_log.impressions.iloc[:limit_rows]
         eval_log.impressions = eval_log.impressions.iloc[:limit_rows]
-    encoder = fit_encoder(train_log.impressions)
+    if [t.name for t in schema.tasks] != list(TASKS):
+        raise ValueError(f"schema {schema.name}'s tasks differ from the log's labels {TASKS}")
+    encoder = fit_encoder(train_log.impressions, schema)
     train = EncodedSplit.build(encoder, group_requests(train_log))
     held_out = EncodedSplit.build(encoder, group_requests(eval_log))
     seed_everything(cfg.seed)
     model = FeedRanker(encoder.cardinalities(), TASKS, model_cfg,
-                       prior_rates=np.clip(train.labels.mean(axis=0), 1e-4, 1 - 1e-4).tolist())
+                       prior_rates=np.clip(train.labels.mean(axis=0), 1e-4, 1 - 1e-4).tolist(),
+                       schema=schema)
     fit = train_model(model, train, cfg, progress=progress)
     metrics = task_metrics(held_out.labels, predict(model, held_out), TASKS)
     training = {
@@ -71,6 +76,7 @@ def save_checkpoint(result: TrainResult, run_dir: Path) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / CHECKPOINT_FILE
     torch.save({"tasks": list(TASKS), "encoder": result.encoder.to_card(),
+                "schema": result.encoder.schema.to_dict(),
                 "model_config": result.model.config.to_dict(),
                 "state_dict": result.model.state_dict(),
                 "metrics": result.metrics, "training": result.training}, path)
@@ -87,10 +93,11 @@ def load_checkpoint(run_dir: Path) -> tuple[FeedRanker, FeatureEncoder, dict[str
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; run `rankserve train` first")
     saved: dict[str, Any] = torch.load(path, weights_only=True)
-    encoder = FeatureEncoder.from_card(saved["encoder"])
+    encoder = FeatureEncoder.from_card(saved["encoder"], saved.get("schema"))
     # a checkpoint from before ``cross_rank`` existed has full-rank cross layers
     model_cfg = ModelConfig(**{"cross_rank": None, **saved["model_config"]})
-    model = FeedRanker(encoder.cardinalities(), saved["tasks"], model_cfg)
+    model = FeedRanker(encoder.cardinalities(), saved["tasks"], model_cfg,
+                       schema=encoder.schema)
     model.load_state_dict(saved["state_dict"])
     model.eval()
     return model, encoder, saved

@@ -161,7 +161,7 @@ async def test_cancelled_job_leaves_the_queue_unscored(make_batcher: Factory,
     await ort_backend.until_waiting(1)
     gone = asyncio.ensure_future(batcher.submit(make_inputs(rng, 1, 7), deadline(30)))
     await asyncio.sleep(0.01)
-    assert batcher.queued_rows == 7
+    assert batcher.queued_rows == 7 + 2  # its rows, and its user row in each of 2 chunks
     gone.cancel()
     await asyncio.sleep(0.01)
     assert batcher.queued_rows == 0
@@ -318,17 +318,19 @@ async def test_unmeetable_deadline_is_refused_before_queueing(
         ort_backend.gate.clear()
         first = asyncio.ensure_future(batcher.submit(make_inputs(rng, 1, 4), deadline(30)))
         await ort_backend.until_waiting(1)
-        ahead = asyncio.ensure_future(batcher.submit(make_inputs(rng, 1, 40), deadline(9)))
+        # 40 rows in 10 chunks, each carrying the user row: 50 rows, 5 s of its 11 s.
+        ahead = asyncio.ensure_future(batcher.submit(make_inputs(rng, 1, 40), deadline(11)))
         await asyncio.sleep(0.01)
-        # 40 rows due earlier, then 20 own rows, at 0.1 s each: 6 s of 9.5 s is past the
+        # 40 rows due earlier, then 20 own rows, at 0.1 s each: 6 s of 11.5 s is past the
         # admission line behind them (load to shed: 429), though 2 s alone would fit.
         with pytest.raises(Overloaded, match="40 rows are due before it"):
-            batcher.admit(20, deadline(9.5))
+            batcher.admit(20, deadline(11.5))
         with pytest.raises(Overloaded):
-            await batcher.submit(make_inputs(rng, 1, 20), deadline(9.5))
+            await batcher.submit(make_inputs(rng, 1, 20), deadline(11.5))
         with pytest.raises(DeadlineExceeded, match="nothing queued"):  # alone: 6 s > 5.2 s
             batcher.admit(60, deadline(5.2))
-        assert batcher.queued_rows == 40  # the refused request was never queued
+        # the refused request was never queued: 40 rows, and the user row of each chunk
+        assert batcher.queued_rows == 40 + 10
         batcher.admit(3, deadline(4))  # due before the 40 rows (EDF): it can make it
         ort_backend.gate.set()
         await asyncio.gather(first, ahead)
@@ -340,7 +342,9 @@ async def test_unmeetable_deadline_is_refused_before_queueing(
 
 async def test_work_that_would_finish_too_late_is_not_started(
         ort_backend: PausableBackend) -> None:
-    batcher = await slow_batcher(ort_backend, per_row_s=0.001)
+    # 4 rows at 10 ms each: once 280 ms of the 300 ms budget have gone, they cannot make it
+    # (by the model's own estimate; the held batch is an outlier it must not learn whole).
+    batcher = await slow_batcher(ort_backend, per_row_s=0.01)
     rng = np.random.default_rng(14)
     try:
         ort_backend.gate.clear()
@@ -375,7 +379,7 @@ async def test_a_wave_of_cancellations_does_not_pin_tensors_in_the_queue(
     for task in gone:
         task.cancel()
     await asyncio.sleep(0.01)
-    assert batcher.queued_rows == 3
+    assert batcher.queued_rows == 3 + 1  # its rows and its user row
     assert len(batcher._queue) < 100  # compacted, not 200 dead chunks waiting to surface
     ort_backend.gate.set()
     await first

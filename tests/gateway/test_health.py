@@ -27,8 +27,8 @@ async def test_health_readiness_and_metrics(start_gateway: GatewayFactory,
     metrics = await gateway.client.get("/metrics")
     text = await metrics.text()
     assert metrics.headers["Content-Type"].startswith("text/plain")
-    assert 'rankserve_request_latency_seconds_bucket{le="0.005",route="/v1/rank",status="200"}' \
-        in text
+    assert ('rankserve_request_latency_seconds_bucket{le="0.005",model="feed_ranker",'
+            'route="/v1/rank",status="200",status_class="2xx",version="1"}') in text
     assert 'rankserve_batch_rows_count{model="feed_ranker"} 1.0' in text
     assert "rankserve_latency_model_error_seconds_count" in text
 

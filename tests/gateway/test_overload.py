@@ -44,7 +44,7 @@ async def test_overload_is_refused_at_once_with_retry_after(
     running = asyncio.ensure_future(post(gateway, rows(document, 100)))
     await gateway.backend.until_waiting(1)
     queued = asyncio.ensure_future(post(gateway, rows(document, 500)))
-    await until(lambda: gateway.queued_rows() == 500)
+    await until(lambda: gateway.queued_rows() == 500 + 1)  # and its user row
     status, error, headers = await post(gateway, rows(document, 200))
     assert status == 429
     assert error["error"]["code"] == "overloaded"
@@ -89,7 +89,7 @@ async def test_disconnected_client_leaves_the_queue(start_gateway: GatewayFactor
     await gateway.backend.until_waiting(1)
     leaving = asyncio.ensure_future(post(gateway, {**rows(heldout[1], 333),
                                                    "budget_ms": 10_000}))
-    await until(lambda: gateway.queued_rows() == 333)
+    await until(lambda: gateway.queued_rows() == 333 + 1)  # and its user row
     leaving.cancel()  # the client closes its connection
     await until(lambda: gateway.queued_rows() == 0)
     gateway.backend.gate.set()
@@ -109,7 +109,9 @@ async def test_disconnect_during_a_running_batch_spares_the_others(
         len(d["candidates"]) for d in documents)  # all three share the running batch
     tasks[1].cancel()
     await until(lambda: gateway.metric("rankserve_request_latency_seconds_count",
-                                       {"route": "/v1/rank", "status": "499"}) == 1)
+                                       {"route": "/v1/rank", "status": "499",
+                                        "status_class": "4xx", "model": "feed_ranker",
+                                        "version": "1"}) == 1)
     gateway.backend.gate.set()
     for i in (0, 2):
         status, answer, _ = await tasks[i]

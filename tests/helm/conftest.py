@@ -37,6 +37,7 @@ SERVICE_MONITOR_API = "monitoring.coreos.com/v1/ServiceMonitor"
 # CRDs the chart may render, each checked against its own schema instead of Kubernetes'.
 CRD_SCHEMAS: dict[tuple[str, str], Path] = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): SCHEMAS / "servicemonitor-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): SCHEMAS / "prometheusrule-v1.json",
 }
 
 Manifest = dict[str, Any]

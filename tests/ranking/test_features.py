@@ -18,6 +18,10 @@ from serving.ranking.features import (
     FeatureEncoder,
     columns_from_rows,
 )
+from serving.repository.schema import Schema
+from serving.train.data import DEFAULT_SCHEMA_FILE
+
+SCHEMA = Schema.load(DEFAULT_SCHEMA_FILE)
 
 
 def _training_columns() -> dict[str, list[Any]]:
@@ -36,7 +40,7 @@ def _training_columns() -> dict[str, list[Any]]:
 
 @pytest.fixture(scope="module")
 def encoder() -> FeatureEncoder:
-    return FeatureEncoder.fit(_training_columns())
+    return FeatureEncoder.fit(SCHEMA, _training_columns())
 
 
 def _user(**overrides: Any) -> dict[str, Any]:

@@ -10,11 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from serving.errors import RankServeError
-from serving.ranking.features import CategoricalSpec, Vocabulary
+from serving.ranking.lookup import Vocabulary
+from serving.repository.schema import Feature
 
-INT_SPECS = [CategoricalSpec("user_id", "user", "int", required=True),
-             CategoricalSpec("tab", "context", "int")]
-STR_SPEC = CategoricalSpec("user_active_degree", "user", "str")
+INT_SPECS = [Feature("user_id", "user", "categorical_id", "vocabulary", required=True, id=True),
+             Feature("tab", "context", "categorical_id", "vocabulary")]
+STR_SPEC = Feature("user_active_degree", "user", "categorical_string", "vocabulary")
 
 values = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**64), 2**64), st.integers(-3, 40),

@@ -70,16 +70,23 @@ class LiveGateway:
             self._sock.close()
             self._sock = None
 
-    def raw(self, data: bytes) -> Answer | None:
+    def raw(self, data: bytes, wait_s: float = 5.0) -> Answer | None:
         """Send ``data`` as is on a fresh connection and read one answer (``None``: the
-        server closed the connection without one)."""
+        server closed the connection, or sent nothing for ``wait_s``).
+
+        The socket is not half-closed: aiohttp drops the answer to a request whose client
+        shut its sending side, so a half-closed probe could never see a 500.
+        """
         self.close()
         sock = self.connect()
         self.sent += 1
         try:
             sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)
-            return self._read(sock)
+            sock.settimeout(wait_s)
+            try:
+                return self._read(sock)
+            except (TimeoutError, http.client.HTTPException):
+                return None
         finally:
             self.close()
 

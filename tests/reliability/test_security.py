@@ -176,6 +176,20 @@ def test_http_layer_garbage_is_refused_and_harms_no_one(gateway: LiveGateway, bo
                          ).status == 200
 
 
+def test_the_raw_probe_sees_answers(gateway: LiveGateway, body: bytes) -> None:
+    """The garbage test above can fail: ``raw`` reads the server's answer (a half-closed
+    probe got none, so a 500 would have passed as ``None``)."""
+    head = (f"POST /v1/rank HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    answer = gateway.raw(head + body)
+    assert answer is not None
+    assert answer.status == 200
+    wrong = gateway.raw(b"GET /v2/models/feed_ranker/versions/" + b"1" * 5000 + b" HTTP/1.1\r\n"
+                        b"Host: x\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\n\r\n")
+    assert wrong is not None
+    gateway.check(wrong)  # a 500 here (before: int() of 5,000 digits) fails the contract
+
+
 REQUEST_PATH = ["gateway", "batching", "backends", "ranking", "repository", "telemetry",
                 "rollout", "client.py", "errors.py", "settings.py"]
 FORBIDDEN_MODULES = {"pickle", "cPickle", "dill", "marshal", "shelve", "cloudpickle", "joblib"}

@@ -109,3 +109,47 @@ def test_missing_repository_is_an_error(tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-repo", str(tmp_path / "nope")]) == 2
     assert "model repository not found" in capsys.readouterr().err
+
+
+def _record_schema(repo: Path, edit: Callable[[dict[str, object]], None] | None = None) -> None:
+    """Record the KuaiRand schema file in the card (as `rankserve export` does), edited."""
+    from serving.repository.schema import Schema
+    from serving.train.data import DEFAULT_SCHEMA_FILE
+
+    card_path = repo / MODEL / "1" / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["schema"] = Schema.load(DEFAULT_SCHEMA_FILE).to_dict()
+    if edit is not None:
+        edit(card["schema"])
+    card_path.write_text(json.dumps(card))
+
+
+def _drop_feature(name: str) -> Callable[[dict[str, object]], None]:
+    def edit(schema: dict[str, object]) -> None:
+        features = schema["features"]
+        assert isinstance(features, list)
+        features[:] = [f for f in features if f["name"] != name]
+    return edit
+
+
+def test_a_card_recording_its_schema_passes(broken_copy: Path) -> None:
+    _record_schema(broken_copy)
+    assert check_repository(broken_copy)[1] == []
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (_drop_feature("register_days"),
+     "feed_ranker/1/model_card.json: the schema yields 'user_num' [rows, 3], the graph takes "
+     "dims [-1, 4]"),
+    (_drop_feature("history"),
+     "feed_ranker/1/model_card.json: graph input 'history' follows from no feature of the "
+     "schema"),
+    (lambda s: s.update(name=""), "feed_ranker/1/model_card.json: schema: 'name' must be"),
+    (lambda s: s["tasks"].reverse(),  # type: ignore[attr-defined]
+     "feed_ranker/1/model_card.json: schema tasks ['profile_enter', 'forward'"),
+], ids=["width", "no-history", "invalid", "tasks"])
+def test_a_card_whose_schema_disagrees_with_the_graph_is_rejected(
+        broken_copy: Path, edit: Callable[[dict[str, object]], None], message: str) -> None:
+    _record_schema(broken_copy, edit)
+    problems = check_repository(broken_copy)[1]
+    assert any(message in p for p in problems), (message, problems)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
+
 from serving.telemetry.gpu import GpuCollector
-from serving.telemetry.logs import JsonFormatter, request_id_var
+from serving.telemetry.logs import JsonFormatter, TextFormatter, configure_logging, request_id_var
 from serving.telemetry.metrics import Metrics
 
 NAMES = ("rankserve_request_latency_seconds", "rankserve_queue_wait_seconds",
@@ -18,7 +20,7 @@ NAMES = ("rankserve_request_latency_seconds", "rankserve_queue_wait_seconds",
 def test_two_instances_coexist_and_expose_every_metric() -> None:
     first, second = Metrics(), Metrics()
     first.shed.inc()
-    first.request_latency.labels("/v1/rank", "200").observe(0.004)
+    first.request_latency.labels("/v1/rank", "200", "2xx", "feed_ranker", "1").observe(0.004)
     first.backend_latency.labels("onnxruntime").observe(0.002)
     first.latency_model_error.labels("onnxruntime").observe(0.0001)
     first.batch_rows.labels("feed_ranker").observe(300)
@@ -29,7 +31,8 @@ def test_two_instances_coexist_and_expose_every_metric() -> None:
     assert second.registry.get_sample_value("rankserve_shed_total") == 0
     assert first.registry.get_sample_value(
         "rankserve_request_latency_seconds_bucket",
-        {"route": "/v1/rank", "status": "200", "le": "0.005"}) == 1
+        {"route": "/v1/rank", "status": "200", "status_class": "2xx", "model": "feed_ranker",
+         "version": "1", "le": "0.005"}) == 1
 
 
 def test_gpu_collector_reports_only_real_gpus() -> None:
@@ -59,3 +62,30 @@ def test_json_logs_carry_the_request_id_and_extras() -> None:
     assert entry["request_id"] == "req-7"
     assert entry["status"] == 200
     assert entry["level"] == "INFO"
+
+
+def test_text_logs_are_readable_lines_with_the_same_fields() -> None:
+    record = logging.LogRecord("rankserve.serve", logging.WARNING, __file__, 1,
+                               "listening on %s", ("http://127.0.0.1:8000",), None)
+    record.backend = "embedded"
+    token = request_id_var.set("req-9")
+    try:
+        line = TextFormatter().format(record)
+    finally:
+        request_id_var.reset(token)
+    assert "WARNING rankserve.serve: listening on http://127.0.0.1:8000" in line
+    assert line.endswith("backend=embedded  [req-9]")
+    assert not line.startswith("{")
+
+
+def test_log_format_auto_is_json_off_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        configure_logging("info", "auto")  # stderr is captured: not a terminal
+        assert isinstance(root.handlers[0].formatter, JsonFormatter)
+        configure_logging("INFO", "text")
+        assert isinstance(root.handlers[0].formatter, TextFormatter)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)

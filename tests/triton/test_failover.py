@@ -23,6 +23,7 @@ from serving.backends.triton import TritonBackend
 from serving.errors import DeadlineExceeded, RankServeError, Unavailable
 from serving.localtriton.server import LocalTriton, free_port
 from serving.repository.served import served_cards
+from serving.telemetry.metrics import Metrics
 from tests.triton.conftest import SHM_PREFIX, start_triton
 from tests.triton.toy_repository import random_batch
 
@@ -158,6 +159,12 @@ async def test_paused_triton_deadlines_honoured_and_breaker_opens(
                             breaker=CircuitBreaker(3, 30.0))
     strict = make_backend(chaos_triton.grpc_url, toy_repository, fallback=False,
                           breaker=CircuitBreaker(3, 30.0))
+    metrics = Metrics()
+    embedded.bind_metrics(metrics)
+
+    def metric(name: str, **labels: str) -> float:
+        return metrics.registry.get_sample_value(name, labels) or 0.0
+
     rng = np.random.default_rng(11)
     batches = [random_batch(rng, 1, 300) for _ in range(8)]
     async with started(embedded, strict):
@@ -173,9 +180,15 @@ async def test_paused_triton_deadlines_honoured_and_breaker_opens(
             assert strict_triton.breaker.state is BreakerState.OPEN
             assert embedded.healthy()  # it can still answer, degraded
             assert not strict.healthy()
+            # What an operator sees: every batch failed over, the breaker open.
+            assert metric("rankserve_failover_batches_total", primary="triton",
+                          fallback="onnxruntime") == len(batches)
+            assert metric("rankserve_circuit_breaker_state", backend="triton",
+                          state="open") == 1
         finally:
             chaos_triton.resume()
         recovered = await _first_healthy_answer(embedded, batches[0])
+        assert metric("rankserve_circuit_breaker_state", backend="triton", state="closed") == 1
 
     for answer in degraded + failed:
         assert answer.elapsed <= BUDGET_S + MARGIN_S, answer
