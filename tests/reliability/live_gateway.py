@@ -23,6 +23,7 @@ import orjson
 from aiohttp import web
 
 from serving.gateway.app import create_app
+from serving.gateway.command import connection_options, limit_connections
 from serving.settings import Settings
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -156,12 +157,15 @@ def live_gateway(**overrides: Any) -> Iterator[LiveGateway]:
                                       **overrides})
     app = create_app(settings)
     loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    # The connection options and cap ``rankserve serve`` applies, so tests see its limits.
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                           **connection_options(settings))
     started = threading.Event()
     address: list[tuple[str, int]] = []
 
     async def start() -> None:
         await runner.setup()
+        limit_connections(runner, settings.max_connections)
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         address.append(runner.addresses[0][:2])

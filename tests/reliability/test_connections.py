@@ -13,72 +13,30 @@ import logging
 import re
 import resource
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
-from aiohttp import web
 
-from serving.gateway.app import create_app
 from serving.gateway.command import (
     FD_RESERVE,
     connection_cap,
-    connection_options,
-    limit_connections,
     raise_fd_limit,
     throttle_accept_errors,
 )
-from serving.settings import Settings
-from tests.reliability.live_gateway import REPOSITORY
+from tests.reliability.live_gateway import LiveGateway, live_gateway
 
 KEEPALIVE_S = 0.6
 MAX_CONNECTIONS = 8
 
 
-@dataclass
-class Address:
-    host: str
-    port: int
-
-
 @pytest.fixture(scope="module")
-def gateway() -> Iterator[Address]:
-    settings = Settings.load(None, model_repository=REPOSITORY, port=0,
-                             keepalive_timeout_s=KEEPALIVE_S, max_connections=MAX_CONNECTIONS,
-                             body_timeout_s=KEEPALIVE_S * 2, default_budget_ms=10_000.0)
-    app = create_app(settings)
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                           **connection_options(settings))
-    started = threading.Event()
-    address: list[tuple[str, int]] = []
-
-    async def start() -> None:
-        await runner.setup()
-        limit_connections(runner, settings.max_connections)
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        address.append(runner.addresses[0][:2])
-        started.set()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(start())
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert started.wait(60)
-    yield Address(*address[0])
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(30)
+def gateway() -> Iterator[LiveGateway]:
+    yield from live_gateway(keepalive_timeout_s=KEEPALIVE_S, max_connections=MAX_CONNECTIONS,
+                            body_timeout_s=KEEPALIVE_S * 2)
 
 
-def healthz(gateway: Address) -> bytes:
+def healthz(gateway: LiveGateway) -> bytes:
     with socket.create_connection((gateway.host, gateway.port), timeout=10) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         return _read_all(sock)
@@ -101,12 +59,12 @@ def closed_within(sock: socket.socket, seconds: float) -> bool:
     return True
 
 
-def test_a_silent_connection_is_closed(gateway: Address) -> None:
+def test_a_silent_connection_is_closed(gateway: LiveGateway) -> None:
     with socket.create_connection((gateway.host, gateway.port)) as sock:
         assert closed_within(sock, KEEPALIVE_S * 5)
 
 
-def test_an_idle_keep_alive_connection_is_closed(gateway: Address) -> None:
+def test_an_idle_keep_alive_connection_is_closed(gateway: LiveGateway) -> None:
     with socket.create_connection((gateway.host, gateway.port)) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         time.sleep(0.1)
@@ -114,7 +72,7 @@ def test_an_idle_keep_alive_connection_is_closed(gateway: Address) -> None:
         assert closed_within(sock, KEEPALIVE_S * 5)
 
 
-def test_connections_past_the_cap_are_refused_and_health_returns(gateway: Address) -> None:
+def test_connections_past_the_cap_are_refused_and_health_returns(gateway: LiveGateway) -> None:
     flood = [socket.create_connection((gateway.host, gateway.port))
              for _ in range(MAX_CONNECTIONS * 3)]
     try:
@@ -166,14 +124,14 @@ def _trickle(sock: socket.socket, data: bytes, seconds: float) -> bytes | None:
     return None
 
 
-def test_slow_headers_are_cut_off(gateway: Address) -> None:
+def test_slow_headers_are_cut_off(gateway: LiveGateway) -> None:
     with socket.create_connection((gateway.host, gateway.port)) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
         assert _trickle(sock, b"X-Slow: 1\r\n" * 1000, KEEPALIVE_S * 8) is not None
     assert b"alive" in healthz(gateway)
 
 
-def test_a_chunked_body_that_never_ends_is_cut_off(gateway: Address) -> None:
+def test_a_chunked_body_that_never_ends_is_cut_off(gateway: LiveGateway) -> None:
     with socket.create_connection((gateway.host, gateway.port)) as sock:
         sock.sendall(b"POST /v1/rank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Transfer-Encoding: chunked\r\n\r\n")
@@ -183,7 +141,7 @@ def test_a_chunked_body_that_never_ends_is_cut_off(gateway: Address) -> None:
     assert b"alive" in healthz(gateway)
 
 
-def test_fifty_pipelined_requests_are_answered_in_order(gateway: Address) -> None:
+def test_fifty_pipelined_requests_are_answered_in_order(gateway: LiveGateway) -> None:
     body = b'{"user":{"user_id":1},"candidates":[{"video_id":1}]}'
     requests = b"".join(
         b"POST /v1/rank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

@@ -114,7 +114,8 @@ def mutate(doc: dict[str, Any], data: st.DataObject) -> None:
         doc[key] = value
     elif where == "user":
         user = dict(doc["user"])
-        key = data.draw(st.sampled_from(sorted(user)) | st.text(max_size=6))
+        known = st.sampled_from(sorted(user)) if user else st.nothing()  # all popped before
+        key = data.draw(known | st.text(max_size=6))
         if data.draw(st.booleans()):
             user[key] = value
         else:
