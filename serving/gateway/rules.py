@@ -36,8 +36,6 @@ COUNT_PATTERN = re.compile(r"[0-9]{1,18}")
 """A count in a header (a byte length): ASCII digits, at most 18 (below 2**63)."""
 DECIMAL_PATTERN = re.compile(r"[0-9]{1,18}(\.[0-9]{1,18})?|\.[0-9]{1,18}")
 """A number of milliseconds in a header: plain ASCII decimal, no sign, exponent or ``_``."""
-VERSION_DIGITS = 19
-"""Version numbers are int64 (:data:`serving.repository.versions.MAX_VERSION`)."""
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -86,12 +84,6 @@ def parse_json(body: bytes) -> dict[str, Any]:
 def parse_count(text: str) -> int | None:
     """A non-negative count from a header, ASCII digits only; None if it is not one."""
     return int(text) if COUNT_PATTERN.fullmatch(text) else None
-
-
-def _version_text(text: str) -> int | None:
-    """``parse_version`` for text of a version's length at most (a longer run of digits is
-    no int64, and ``int`` would raise on thousands of them)."""
-    return parse_version(text) if len(text) <= VERSION_DIGITS else None
 
 
 def valid_request_id(value: object) -> bool:
@@ -160,7 +152,7 @@ def version_of(value: object, field: str) -> int:
     Raises:
         BadRequest: not a positive integer written in ASCII digits.
     """
-    version = _version_text(value) if isinstance(value, str) else value
+    version = parse_version(value) if isinstance(value, str) else value
     if isinstance(version, bool) or not isinstance(version, int) \
             or not 1 <= version <= MAX_VERSION:
         raise BadRequest(f"'{field}' must be a positive integer (int64)", field=field)
@@ -177,7 +169,7 @@ def path_version(request: web.Request) -> int | None:
     text = request.match_info.get("version")
     if not text:
         return None
-    version = _version_text(text)
+    version = parse_version(text)
     if version is None:
         raise NotFound("the version in the path is not a number", field="version")
     return version

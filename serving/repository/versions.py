@@ -19,11 +19,13 @@ log = logging.getLogger(__name__)
 
 MAX_VERSION = 2**63 - 1
 """Triton's version numbers are int64."""
+MAX_VERSION_DIGITS = len(str(MAX_VERSION))
 
 
 def parse_version(text: str) -> int | None:
-    """The version number ``text`` names (ASCII digits, no sign), else None."""
-    if not (text.isascii() and text.isdigit()):
+    """The version number ``text`` names (ASCII digits, no sign, an int64), else None.
+    A longer run of digits is refused before ``int`` (which raises on thousands)."""
+    if len(text) > MAX_VERSION_DIGITS or not (text.isascii() and text.isdigit()):
         return None
     version = int(text)
     return version if version <= MAX_VERSION else None

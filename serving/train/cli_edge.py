@@ -11,6 +11,7 @@ import ast
 import importlib
 import importlib.util
 import sys
+from collections.abc import Callable
 from typing import Any
 
 EXTRA = "train"
@@ -37,6 +38,20 @@ def fail(command: str, error: BaseException) -> int:
     message = getattr(error, "message", None) or str(error) or type(error).__name__
     print(f"rankserve {command}: {message}", file=sys.stderr)
     return 1
+
+
+def run_guarded(command: str, body: Callable[[], int],
+                errors: tuple[type[BaseException], ...]) -> int:
+    """``body()``'s exit status; 2 with one line naming the extra when it is missing, 1 with
+    one line for a project error of the kinds in ``errors``."""
+    problem = missing_extra(command)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 2
+    try:
+        return body()
+    except errors as e:
+        return fail(command, e)
 
 
 def train_defaults() -> dict[str, Any]:

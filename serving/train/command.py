@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from serving.train.cli_edge import fail, missing_extra, train_defaults
+from serving.train.cli_edge import run_guarded, train_defaults
 
 DEFAULT_SCHEMA_FILE = Path(__file__).resolve().parent / "schemas" / "kuairand.yaml"
 
@@ -58,14 +57,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train, or say in one line which extra is missing or what went wrong."""
-    problem = missing_extra("train")
-    if problem is not None:
-        print(problem, file=sys.stderr)
-        return 2
-    try:
-        return _train(args)
-    except (OSError, ValueError) as e:  # DataNotFound is a FileNotFoundError
-        return fail("train", e)
+    # DataNotFound is a FileNotFoundError.
+    return run_guarded("train", lambda: _train(args), (OSError, ValueError))
 
 
 def _train(args: argparse.Namespace) -> int:

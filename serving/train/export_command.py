@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from serving.train.cli_edge import fail, missing_extra
+from serving.train.cli_edge import run_guarded
 from serving.train.publish import PublishRefused, check_target, publish_version
 
 CHECKPOINT_FILE = "checkpoint.pt"  # serving.train.pipeline.CHECKPOINT_FILE, without torch
@@ -49,16 +49,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    problem = missing_extra("export")
-    if problem is not None:
-        print(problem, file=sys.stderr)
-        return 2
-    try:
-        return _export(args)
-    except PublishRefused as e:
-        return fail("export", e)
-    except (OSError, ValueError) as e:  # no data, parity over tolerance
-        return fail("export", e)
+    # No data, parity over tolerance, a version that may not be replaced.
+    return run_guarded("export", lambda: _export(args), (PublishRefused, OSError, ValueError))
 
 
 def _export(args: argparse.Namespace) -> int:
