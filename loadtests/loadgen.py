@@ -30,7 +30,7 @@ import asyncio
 import ipaddress
 import math
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -134,16 +134,18 @@ async def send(session: aiohttp.ClientSession, url: str, shot: Shot, headers: di
 
 async def offer(url: str, shots: Sequence[Shot], content_type: str, rate: float,
                 seconds: float, *, warmup_s: float = 0.0, budget_ms: float | None = None,
-                timeout_s: float = 10.0, max_in_flight: int = 256) -> list[Outcome]:
+                timeout_s: float = 10.0, max_in_flight: int = 256,
+                extra_headers: Mapping[str, str] | None = None) -> list[Outcome]:
     """The open loop: ``shots`` in turn, ``rate`` per second for ``warmup_s + seconds``
     (``int((warmup_s + seconds) * rate)`` requests); the outcomes of the requests due after
-    the warm-up. ``max_in_flight`` bounds open connections (0: no limit).
+    the warm-up. ``max_in_flight`` bounds open connections (0: no limit); ``extra_headers``
+    go with every request (``/v2`` binary bodies need their header length).
 
     Raises:
         ValueError: ``url`` is not a loopback address.
     """
     check_loopback(url)
-    headers = headers_for(content_type, budget_ms)
+    headers = {**headers_for(content_type, budget_ms), **(extra_headers or {})}
     loop = asyncio.get_running_loop()
     async with client_session(max_in_flight, timeout_s) as session:
         tasks = []

@@ -103,6 +103,7 @@ class GatewayProcess:
             GatewayError: it exited or was not ready in time (with the end of its log).
         """
         env = {**os.environ, "OMP_NUM_THREADS": "1",
+               "RANKSERVE_GRPC_PORT": "0",  # a free gRPC port unless the settings name one
                **{f"RANKSERVE_{k.upper()}": v for k, v in self.settings.items()}}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(self.command(), stdout=log,

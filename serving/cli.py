@@ -22,7 +22,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                        "version (needs the 'train' extra)"),
     "check-repo": ("serving.repository.check", "validate a Triton model repository offline"),
     "triton": ("serving.localtriton.server", "run a local tritonserver for development"),
+    "loadtest": ("loadtests.locust.run", "Locust load test of a gateway and its SLO report "
+                                         "(needs the 'loadtest' extra)"),
+    "bench": ("loadtests.bench.__main__", "benchmark the gateway against raw ONNX Runtime "
+                                          "(needs the 'loadtest' extra)"),
 }
+EXTRAS = {"train": "train", "export": "train", "loadtest": "loadtest", "bench": "loadtest"}
+"""The extra each command's own dependencies come with."""
 
 DESCRIPTION = """\
 rankserve ranks a user's candidate posts or videos: it predicts each candidate's
@@ -65,7 +71,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args(args_list)  # prints help, the version, or an error, and exits
         return 2
     name = args_list[0]
-    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+    except ModuleNotFoundError as e:
+        if name not in EXTRAS or (e.name or "").startswith(("serving", "loadtests")):
+            raise
+        print(f"rankserve {name}: needs {e.name}, which comes with the '{EXTRAS[name]}' "
+              f"extra: pip install 'rankserve[{EXTRAS[name]}]'", file=sys.stderr)
+        return 2
+    if not hasattr(module, "configure"):  # the load tests keep their own argument parser
+        return int(module.main(args_list[1:]))
     command_parser = argparse.ArgumentParser(prog=f"rankserve {name}",
                                              description=COMMANDS[name][1])
     module.configure(command_parser)

@@ -9,7 +9,9 @@ A feed backend imports this::
 
 Encodings: ``json`` (the document as given, row-wise or columnar), ``columnar`` (row-wise
 candidates turned into columns before sending) and ``binary``
-(``application/x-rankserve-columns``). Load generators and benchmarks should encode once
+(``application/x-rankserve-columns``). Answers come back in the binary column encoding
+when ``binary_response`` is on (the default with ``encoding="binary"``), else as JSON;
+:func:`decode_response` reads either. Load generators and benchmarks should encode once
 with :func:`encode_request` and send the bytes with :meth:`RankClient.rank_encoded`, so
 the client's own encoding cost stays out of the measurement. Errors raise
 :class:`RankServeClientError` carrying the server's code, field and request id.
@@ -32,6 +34,9 @@ from serving.wire import columns as columns_codec
 
 Encoding = Literal["json", "columnar", "binary"]
 JSON = "application/json"
+ACCEPT_COLUMNS = f"{columns_codec.CONTENT_TYPE}, {JSON};q=0.5"
+"""Binary columns preferred; a server that does not speak them answers JSON."""
+PROBS_PREFIX = "probs."
 
 
 @dataclass
@@ -91,15 +96,35 @@ def encode_request(document: Mapping[str, Any], encoding: Encoding = "json"
     return columns_codec.encode(rest, columns), columns_codec.CONTENT_TYPE
 
 
-def decode_response(body: bytes) -> RankResponse:
-    doc = orjson.loads(body)
+def decode_response(body: bytes, content_type: str = JSON) -> RankResponse:
+    """A ``/v1/rank`` answer in either encoding, by its ``Content-Type``.
+
+    Raises:
+        orjson.JSONDecodeError, KeyError, TypeError, ValueError: not a ``/v1/rank`` answer.
+    """
+    if content_type.split(";")[0].strip() == columns_codec.CONTENT_TYPE:
+        doc, columns = columns_codec.decode(body)
+        probs = {name[len(PROBS_PREFIX):]: column for name, column in columns.items()
+                 if name.startswith(PROBS_PREFIX)}
+    else:
+        doc = columns = orjson.loads(body)
+        probs = {t: np.asarray(p, dtype=np.float64) for t, p in doc.get("probs", {}).items()}
     return RankResponse(
         request_id=doc["request_id"], model=doc["model"]["name"],
         version=int(doc["model"]["version"]), degraded=bool(doc["degraded"]),
-        video_id=np.asarray(doc["video_id"], dtype=np.int64),
-        score=np.asarray(doc["score"], dtype=np.float64),
-        probs={t: np.asarray(p, dtype=np.float64) for t, p in doc.get("probs", {}).items()},
-        timings=doc.get("timings", {}))
+        video_id=np.asarray(columns["video_id"], dtype=np.int64),
+        score=np.asarray(columns["score"], dtype=np.float64),
+        probs=probs, timings=doc.get("timings", {}))
+
+
+def _headers(token: str | None, encoding: Encoding, binary_response: bool | None
+             ) -> dict[str, str]:
+    """Headers every request of a client carries: the bearer token, and ``Accept`` asking
+    for binary answers (by default when the requests are binary too)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if binary_response or (binary_response is None and encoding == "binary"):
+        headers["Accept"] = ACCEPT_COLUMNS
+    return headers
 
 
 def _with_options(document: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
@@ -111,10 +136,11 @@ class RankClient:
 
     def __init__(self, base_url: str, *, encoding: Encoding = "json", token: str | None = None,
                  timeout_s: float = 10.0, limit: int = 100,
-                 session: aiohttp.ClientSession | None = None) -> None:
+                 session: aiohttp.ClientSession | None = None,
+                 binary_response: bool | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.encoding = encoding
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._headers = _headers(token, encoding, binary_response)
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._limit = limit
         self._session = session
@@ -164,7 +190,7 @@ class RankClient:
             if response.status != 200:
                 raise RankServeClientError(response.status, payload,
                                            response.headers.get("Retry-After"))
-            return decode_response(payload)
+            return decode_response(payload, response.content_type)
 
     async def ready(self) -> bool:
         """Whether ``/readyz`` answers 200."""
@@ -176,11 +202,11 @@ class SyncRankClient:
     """Blocking client on one keep-alive ``http.client`` connection (not thread-safe)."""
 
     def __init__(self, base_url: str, *, encoding: Encoding = "json", token: str | None = None,
-                 timeout_s: float = 10.0) -> None:
+                 timeout_s: float = 10.0, binary_response: bool | None = None) -> None:
         parsed = urllib.parse.urlsplit(base_url)
         self._connect = (parsed.hostname or "127.0.0.1", parsed.port or 80, timeout_s)
         self.encoding = encoding
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._headers = _headers(token, encoding, binary_response)
         self._conn: http.client.HTTPConnection | None = None
 
     def __enter__(self) -> SyncRankClient:
@@ -196,7 +222,7 @@ class SyncRankClient:
             self._conn = None
 
     def _request(self, method: str, path: str, body: bytes | None,
-                 headers: Mapping[str, str]) -> tuple[int, bytes, str | None]:
+                 headers: Mapping[str, str]) -> tuple[int, bytes, str | None, str]:
         for attempt in (0, 1):  # one retry when a kept-alive connection was closed
             if self._conn is None:
                 host, port, timeout = self._connect
@@ -204,7 +230,8 @@ class SyncRankClient:
             try:
                 self._conn.request(method, path, body=body, headers={**self._headers, **headers})
                 response = self._conn.getresponse()
-                return response.status, response.read(), response.getheader("Retry-After")
+                return (response.status, response.read(), response.getheader("Retry-After"),
+                        response.getheader("Content-Type", JSON))
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 self.close()
                 if attempt:
@@ -227,11 +254,11 @@ class SyncRankClient:
         return self.rank_encoded(body, content_type)
 
     def rank_encoded(self, body: bytes, content_type: str) -> RankResponse:
-        status, payload, retry_after = self._request("POST", "/v1/rank", body,
-                                                     {"Content-Type": content_type})
+        status, payload, retry_after, answer_type = self._request(
+            "POST", "/v1/rank", body, {"Content-Type": content_type})
         if status != 200:
             raise RankServeClientError(status, payload, retry_after)
-        return decode_response(payload)
+        return decode_response(payload, answer_type)
 
     def ready(self) -> bool:
         return self._request("GET", "/readyz", None, {})[0] == 200

@@ -29,6 +29,12 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 picks a free one).")
+    grpc_enabled: bool = Field(
+        True, description="Serve gRPC beside HTTP (KServe v2 GRPCInferenceService and the "
+                          "rankserve Ranking service) on grpc_port, same data plane.")
+    grpc_port: int = Field(50051, ge=0, le=65535,
+                           description="gRPC port (0 picks a free one); messages obey "
+                                       "max_body_bytes like HTTP bodies.")
     model_repository: Path = Field(Path("model_repository"),
                                    description="Triton-layout model repository to serve.")
     default_model: str = Field("feed_ranker", description="Model that /v1/rank scores with.")
@@ -136,6 +142,21 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Extra ONNX Runtime provider options as JSON, by provider, applied over "
                     'the ones above: {"CUDAExecutionProvider": {"gpu_mem_limit": "8e9"}}.')
+    buckets: Annotated[list[int], NoDecode] = Field(
+        default_factory=list,
+        description="Shape buckets: candidate-row counts every batch is padded up to (e.g. "
+                    "1024,2048,4096,8192), so a GPU sees a few fixed shapes (TensorRT "
+                    "profiles, CUDA graphs, bound buffers); the largest must hold "
+                    "batch_rows. Empty: no padding (the CPU default).")
+    user_buckets: Annotated[list[int], NoDecode] = Field(
+        default_factory=list,
+        description="User-row counts the per-request inputs of a bucketed batch are padded "
+                    "up to; empty: 1,4,16,64.")
+    profile: Literal["cpu", "gpu"] = Field(
+        "cpu", description="Defaults for the hardware: gpu sets batch_rows 8192, chunk_rows "
+                           "4096, instances 2, buckets 1024..8192, io_binding on, "
+                           "cuda_graphs on (see docs/deploy.md); any setting given "
+                           "explicitly still wins.")
 
     # -- per-request and per-connection limits (gateway/v2_handlers.py, gateway/command.py)
     max_user_rows: int = Field(
@@ -204,6 +225,22 @@ class Settings(BaseSettings):
             raise ValueError("admin_enabled needs admin_token")
         return self
 
+    @model_validator(mode="after")
+    def _buckets_hold_batches(self) -> Settings:
+        """Buckets must be positive and hold a whole batch; CUDA graphs need fixed shapes."""
+        if any(b < 1 for b in (*self.buckets, *self.user_buckets)):
+            raise ValueError(f"buckets and user_buckets must be positive row counts, got "
+                             f"{self.buckets} and {self.user_buckets}")
+        if self.buckets and max(self.buckets) < self.batch_rows:
+            raise ValueError(f"buckets: the largest bucket ({max(self.buckets)}) must hold "
+                             f"batch_rows ({self.batch_rows})")
+        if self.cuda_graphs and not self.buckets:
+            raise ValueError("cuda_graphs needs buckets (a CUDA graph replays one fixed "
+                             "shape)")
+        if self.cuda_graphs and self.io_binding == "off":
+            raise ValueError("cuda_graphs needs io_binding (a graph replays fixed buffers)")
+        return self
+
     @classmethod
     def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:
         """Defaults < YAML file < environment < explicit overrides (flags).
@@ -218,7 +255,22 @@ class Settings(BaseSettings):
         env_values = cls().model_dump(exclude_unset=True)
         merged = {**file_values, **env_values,
                   **{k: v for k, v in overrides.items() if v is not None}}
-        return cls.model_validate(merged)
+        profile = PROFILES.get(str(merged.get("profile", "cpu")), {})
+        return cls.model_validate({**profile, **merged})  # what is given beats the profile
+
+
+DEFAULT_USER_BUCKETS = (1, 4, 16, 64)
+"""``user_buckets`` when none are set: /v1/rank requests bring one user row each."""
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "cpu": {},
+    "gpu": {"batch_rows": 8192, "chunk_rows": 4096, "instances": 2,
+            "buckets": [1024, 2048, 4096, 8192], "user_buckets": [1, 4, 16, 64],
+            "io_binding": "on", "cuda_graphs": True, "max_wait_ms": 2.0},
+}
+"""``profile``'s defaults (applied by :meth:`Settings.load`, under everything given): on a
+GPU a 5,000-row batch costs about what a 1,000-row one does, so batches are large, two
+sessions overlap copies with compute, and batches run at fixed bucket shapes."""
 
 
 SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,

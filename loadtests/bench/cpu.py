@@ -12,6 +12,14 @@ where the model's CPU per request is raw ONNX Runtime's time for one request's b
 same core, measured in the same run (:mod:`loadtests.bench.raw_ort`; one intra-op thread,
 so its wall time is its CPU time). Under light load every request is its own batch, so the
 subtraction is like for like. Medians of ``--repeats``; machines are shared and noisy.
+
+``/v2`` binary rows send the same held-out requests as already-encoded tensors (the KServe
+binary extension), so the row shows the cost of the gateway without feature encoding and
+ranking. **50-candidate requests per second per core** is measured in a closed loop
+(``CEILING_CONCURRENCY`` requests always in flight) against the gateway pinned to one core,
+and also derived as 1,000 / server CPU ms per request (what one fully busy core would
+answer); the load generator's own ceiling against a trivial sink bounds the first. Binary
+``/v1/rank`` requests ask for binary answers (``Accept``), as :mod:`serving.client` does.
 """
 
 from __future__ import annotations
@@ -23,20 +31,28 @@ import os
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import orjson
 
 from loadtests import RESULTS
-from loadtests.bank import Bank
+from loadtests.bank import Bank, Shot
 from loadtests.bench import raw_ort
-from loadtests.loadgen import offer
+from loadtests.loadgen import ceiling_rps, offer
 from loadtests.server import GatewayProcess, pinned
 from loadtests.traffic import Body, CandidateCounts, HeldOutTraffic
-from serving.client import Encoding
+from serving.client import ACCEPT_COLUMNS, Encoding
 from serving.ranking.features import FeatureEncoder
 from serving.repository.served import load_model
 
 TICKS = os.sysconf("SC_CLK_TCK")
+MODEL = "feed_ranker"
+V2_HEADER_LENGTH = "Inference-Header-Content-Length"
+CEILING_CONCURRENCY = 32
+Route = Literal["v1", "v2"]
 
 
 @dataclass(frozen=True)
@@ -45,17 +61,19 @@ class Case:
     encoding: Encoding
     rate: float
     workers: int = 1
+    route: Route = "v1"
 
     @property
     def label(self) -> str:
         workers = f", {self.workers} workers" if self.workers > 1 else ""
-        return f"{self.candidates} cand, {self.encoding}{workers}"
+        route = "/v2 " if self.route == "v2" else ""
+        return f"{self.candidates} cand, {route}{self.encoding}{workers}"
 
 
 CASES = (
     Case(50, "binary", 300.0), Case(500, "binary", 80.0), Case(1000, "binary", 40.0),
     Case(500, "columnar", 80.0), Case(500, "json", 40.0),
-    Case(500, "binary", 80.0, workers=2),
+    Case(500, "binary", 80.0, workers=2), Case(500, "binary", 80.0, route="v2"),
 )
 
 
@@ -66,6 +84,7 @@ class Result:
     server_cpu_ms: float
     model_cpu_ms: float
     gateway_cpu_ms: float
+    extra: dict[str, float] = field(default_factory=dict)
 
 
 def process_tree_cpu_s(pid: int) -> float:
@@ -86,7 +105,7 @@ def process_tree_cpu_s(pid: int) -> float:
 
 def model_cpu_ms(repository: Path, request: Body, seconds: float) -> float:
     """Median ms of one request's batch in raw ONNX Runtime (CPU, one thread)."""
-    model = load_model(repository / "feed_ranker")
+    model = load_model(repository / MODEL)
     assert model.card is not None
     session = raw_ort.open_session(model.onnx_path, "cpu", 1)
     encoder = FeatureEncoder.from_card(model.card.features)
@@ -94,20 +113,61 @@ def model_cpu_ms(repository: Path, request: Body, seconds: float) -> float:
     return float(raw_ort.measure(session, tensors, seconds)["p50_ms"])
 
 
+def v2_bank(repository: Path, requests: Sequence[Body]) -> tuple[Bank, dict[str, str]]:
+    """The same requests as ``/v2`` binary infer bodies (tensors already encoded), and the
+    header every one of them needs.
+
+    Each JSON header is padded with spaces to one length (JSON allows trailing blanks), so
+    every body shares one ``Inference-Header-Content-Length``.
+    """
+    model = load_model(repository / MODEL)
+    assert model.card is not None
+    encoder = FeatureEncoder.from_card(model.card.features)
+    datatypes = {t.name: t.dtype for t in model.inputs}
+    parts = []
+    for request in requests:
+        tensors = raw_ort.encode_batch(encoder, [request])
+        inputs = [{"name": name, "datatype": datatypes[name], "shape": list(value.shape),
+                   "parameters": {"binary_data_size": value.nbytes}}
+                  for name, value in tensors.items()]
+        header = orjson.dumps({"inputs": inputs, "outputs": [
+            {"name": "probs", "parameters": {"binary_data": True}}]})
+        blobs = b"".join(np.ascontiguousarray(v).tobytes() for v in tensors.values())
+        parts.append((header, blobs, len(request["candidates"]["video_id"])))
+    width = max(len(h) for h, _, _ in parts)
+    shots = tuple(Shot(h.ljust(width) + b, rows) for h, b, rows in parts)
+    return (Bank("binary", "application/octet-stream", shots, f"{parts[0][2]} fixed"),
+            {V2_HEADER_LENGTH: str(width)})
+
+
 def measure(case: Case, bank: Bank, repository: Path, seconds: float, log: Path,
-            server_cpu: str) -> tuple[int, float]:
+            server_cpu: str, headers: dict[str, str] | None = None) -> tuple[int, float]:
     """(answered, server CPU ms per answered request) for one steady window."""
     settings = {"workers": str(case.workers), "providers": "CPUExecutionProvider",
                 "default_budget_ms": "1000"}
+    path = f"/v2/models/{MODEL}/infer" if case.route == "v2" else "/v1/rank"
     with GatewayProcess(log, repository, settings, cpus=server_cpu) as gateway:
-        url = f"{gateway.url}/v1/rank"
-        asyncio.run(offer(url, bank.shots, bank.content_type, case.rate, 2.0))  # warm up
+        url = f"{gateway.url}{path}"
+        asyncio.run(offer(url, bank.shots, bank.content_type, case.rate, 2.0,  # warm up
+                          extra_headers=headers))
         assert gateway.process is not None
         before = process_tree_cpu_s(gateway.process.pid)
-        outcomes = asyncio.run(offer(url, bank.shots, bank.content_type, case.rate, seconds))
+        outcomes = asyncio.run(offer(url, bank.shots, bank.content_type, case.rate, seconds,
+                                     extra_headers=headers))
         after = process_tree_cpu_s(gateway.process.pid)
     answered = sum(1 for o in outcomes if o.status == 200)
     return answered, (after - before) * 1e3 / max(answered, 1)
+
+
+def requests_per_core(bank: Bank, repository: Path, seconds: float, log: Path,
+                      server_cpu: str) -> float:
+    """Requests/s answered (200) with ``CEILING_CONCURRENCY`` in flight, gateway on one core."""
+    settings = {"providers": "CPUExecutionProvider", "default_budget_ms": "1000"}
+    with GatewayProcess(log, repository, settings, cpus=server_cpu.split(",")[0]) as gateway:
+        url = f"{gateway.url}/v1/rank"
+        asyncio.run(ceiling_rps(url, bank.shots, bank.content_type, CEILING_CONCURRENCY, 2.0))
+        return asyncio.run(ceiling_rps(url, bank.shots, bank.content_type,
+                                       CEILING_CONCURRENCY, seconds))
 
 
 def run(repository: Path, data: Path | None, seconds: float, repeats: int,
@@ -117,7 +177,13 @@ def run(repository: Path, data: Path | None, seconds: float, repeats: int,
     out.mkdir(parents=True, exist_ok=True)
     for case in CASES:
         counts = CandidateCounts.fixed(case.candidates)
-        bank = Bank.build(traffic, counts, 64, case.encoding)
+        headers = None
+        if case.route == "v2":
+            bank, headers = v2_bank(repository, traffic.requests(counts, 64))
+        else:
+            bank = Bank.build(traffic, counts, 64, case.encoding)
+            if case.encoding == "binary":  # binary answers too, as serving/client.py asks
+                headers = {"Accept": ACCEPT_COLUMNS}
         with pinned({int(c) for c in server_cpu.split(",")}):
             model_ms = model_cpu_ms(repository, traffic.requests(counts, 1)[0], 1.0)
         per_request = []
@@ -125,14 +191,20 @@ def run(repository: Path, data: Path | None, seconds: float, repeats: int,
         with pinned({int(c) for c in client_cpu.split(",")}):
             for _ in range(repeats):
                 n, ms = measure(case, bank, repository, seconds, out / "gateway.log",
-                                server_cpu)
+                                server_cpu, headers)
                 answered += n
                 per_request.append(ms)
+            extra = {}
+            if case == CASES[0]:  # 50 candidates, binary: requests/s per core
+                extra["closed_loop_rps"] = round(statistics.median(
+                    requests_per_core(bank, repository, seconds, out / "gateway.log",
+                                      server_cpu) for _ in range(repeats)), 1)
         server_ms = statistics.median(per_request)
+        extra["cpu_bound_rps"] = round(1e3 / server_ms, 1)
         results.append(Result(case.label, answered, round(server_ms, 3), round(model_ms, 3),
-                              round(server_ms - model_ms, 3)))
+                              round(server_ms - model_ms, 3), extra))
         print(f"{case.label}: server {server_ms:.3f} ms CPU/request, model {model_ms:.3f}, "
-              f"gateway {server_ms - model_ms:.3f} ({answered} answered)", flush=True)
+              f"gateway {server_ms - model_ms:.3f} ({answered} answered) {extra}", flush=True)
     return results
 
 
@@ -141,20 +213,31 @@ def to_markdown(results: Sequence[Result]) -> str:
              "(raw ORT) | gateway CPU ms/request |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {r.case} | {r.answered} | {r.server_cpu_ms:.3f} | {r.model_cpu_ms:.3f} | "
               f"{r.gateway_cpu_ms:.3f} |" for r in results]
+    lines += ["", "| configuration | requests/s per core, closed loop | requests/s per core, "
+              "1,000 / server CPU ms |", "|---|---:|---:|"]
+    lines += [f"| {r.case} | {r.extra.get('closed_loop_rps', '-')} | "
+              f"{r.extra.get('cpu_bound_rps', '-')} |" for r in results]
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.bench.cpu",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per window")
-    parser.add_argument("--repeats", type=int, default=3, help="windows per configuration")
+def gateway_arguments(prog: str, doc: str, seconds: float, repeats: str
+                      ) -> argparse.ArgumentParser:
+    """The options every gateway-CPU benchmark takes (window, repeats, pinning, inputs)."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=seconds,
+                        help="measured seconds per window")
+    parser.add_argument("--repeats", type=int, default=3, help=repeats)
     parser.add_argument("--server-cpu", default="0", help="cores the gateway is pinned to")
     parser.add_argument("--client-cpu", default="1", help="cores the load generator uses")
     parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--data", type=Path, default=None, help="KuaiRand folder")
     parser.add_argument("--results", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = gateway_arguments("python -m loadtests.bench.cpu", __doc__ or "", 5.0,
+                             "windows per configuration").parse_args(argv)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results = run(args.model_repository, args.data, args.seconds, args.repeats,
                   args.server_cpu, args.client_cpu, args.results / f"cpu-{stamp}")

@@ -9,12 +9,16 @@ of a crash, all under one deadline (``--deadline-s``):
 2. ``smoke``: one session on the GPU chain; per-node provider counts from ONNX Runtime's
    profile; any node on the CPU is a failure;
 3. ``parity``: probabilities against a CPU FP32 session, per precision (FP32, TF32,
-   TensorRT FP16): max and mean |dp|, top-50 overlap;
-4. ``raw``: rows/s and p50/p99 per batch size, plain ``run`` and bound I/O
-   (:class:`serving.backends.ort_binding.BoundRunner`), and CUDA graphs where they apply;
+   TensorRT FP16): max and mean |dp|, top-50 overlap, beside the figures the model card's
+   ``parity.precision`` emulated on CPU at export;
+4. ``raw``: rows/s and p50/p99 per batch size, plain ``run``, bound I/O with packed
+   (pinned on CUDA) buffers (:class:`serving.backends.ort_binding.BoundRunner`), batches
+   padded to the GPU profile's shape buckets through bound I/O, and CUDA graphs (one per
+   shape, ONNX Runtime's ``gpu_graph_id``) where they apply;
 5. ``sessions``: 1/2/4 sessions of the largest batch run from as many threads;
 6. ``gateway``: the real gateway end to end, 1,000 candidates per request, at each
-   ``--gateway-rates`` rate: ok/s, p50/p99, gateway CPU % and GPU utilisation.
+   ``--gateway-rates`` rate: ok/s, p50/p99, gateway CPU % and GPU utilisation, with the
+   GPU settings profile (``profile: gpu``: batch_rows 8192, buckets, bound I/O, graphs).
 
 ``--cpu-dry-run`` runs every stage on the CPU provider with small sizes and short runs;
 a test runs it on every CI machine, since a device session has no time for a second try.
@@ -143,6 +147,7 @@ class Setup:
         folder = raw_ort.model_dir(args.model_repository, args.model)
         self.onnx = folder / ONNX_FILE
         card = ModelCard.load(folder / CARD_FILE)
+        self.card_precision = card.parity.get("precision", {})
         self.encoder = FeatureEncoder.from_card(card.features)
         self.requests = raw_ort.synthetic_requests(self.encoder, 64, args.candidates)
         self.chain = [CPU] if args.cpu_dry_run else [CUDA, CPU]
@@ -225,6 +230,9 @@ def parity(setup: Setup) -> dict[str, Any]:
             out[name] = {"skipped": f"{chain[0]}: {why_not_loaded(chain[0])}"}
             continue
         out[name] = _compare(reference, session.run(["probs"], inputs)[0])
+    out["card_emulated"] = {p: {k: v for k, v in entry.items() if k != "method"}
+                            for p, entry in setup.card_precision.items()
+                            if isinstance(entry, dict) and "max_abs_diff" in entry}
     return out
 
 
@@ -247,6 +255,19 @@ def _bind(call: Callable[[dict[str, np.ndarray]], object],
     return lambda: call(batch)
 
 
+def _padded(call: Callable[[dict[str, np.ndarray]], Any]
+            ) -> Callable[[dict[str, np.ndarray]], Any]:
+    """``call`` on batches padded to the GPU profile's buckets, as the batcher pads them."""
+    from serving.batching.buckets import Buckets
+    from serving.batching.layout import CandidateLayout
+    from serving.ranking.features import ITEM_INPUTS, USER_INPUTS
+    from serving.settings import PROFILES
+
+    buckets = Buckets.of(PROFILES["gpu"]["buckets"], PROFILES["gpu"]["user_buckets"])
+    layout = CandidateLayout(USER_INPUTS, ITEM_INPUTS, ITEM_TO_USER)
+    return lambda batch: call(layout.pad(batch, buckets)[0])
+
+
 def raw(setup: Setup) -> dict[str, Any]:
     from serving.backends.ort_binding import BoundRunner
 
@@ -254,13 +275,19 @@ def raw(setup: Setup) -> dict[str, Any]:
     modes: dict[str, Callable[[], tuple[ort.InferenceSession, Callable[..., Any]]]] = {
         "plain": lambda: (s := setup.session(setup.chain), lambda x: s.run(None, x)),
         "bound": lambda: (s := setup.session(setup.chain),
-                          BoundRunner(s, device).run)}
+                          BoundRunner(s, device).run),
+        "bucketed_bound": lambda: (s := setup.session(setup.chain),
+                                   _padded(BoundRunner(s, device).run))}
     if device == "cuda":
-        modes["cuda_graphs"] = lambda: (
+        modes["cuda_graphs"] = lambda: (  # one graph per shape (gpu_graph_id)
             s := setup.session(setup.chain, [{"enable_cuda_graph": "1"}, {}]),
-            BoundRunner(s, device).run)
+            BoundRunner(s, device, graphs=True).run)
+        modes["bucketed_cuda_graphs"] = lambda: (
+            s := setup.session(setup.chain, [{"enable_cuda_graph": "1"}, {}]),
+            _padded(BoundRunner(s, device, graphs=True).run))
     out: dict[str, Any] = {"skipped_modes": {} if device == "cuda" else {
-        "cuda_graphs": "CPU dry run: no CUDA graphs"}}
+        "cuda_graphs": "CPU dry run: no CUDA graphs",
+        "bucketed_cuda_graphs": "CPU dry run: no CUDA graphs"}}
     for mode, build in modes.items():
         try:
             session, call = build()
@@ -278,6 +305,9 @@ def raw(setup: Setup) -> dict[str, Any]:
                 continue
             points.append({"rows": rows, "rows_per_s": rows / timing["mean_s"], **timing})
         out[mode] = {"session_providers": session.get_providers(), "points": points}
+        pinned = getattr(getattr(call, "__self__", None), "pinned", None)
+        if pinned is not None:  # bound I/O: whether its host buffers are page-locked
+            out[mode]["pinned"] = pinned
     return out
 
 
@@ -323,7 +353,7 @@ def gateway(setup: Setup, out_dir: Path) -> dict[str, Any]:
     bank = Bank.build(traffic, CandidateCounts.fixed(args.candidates), 64, "binary")
     settings = {"providers": ",".join(setup.chain), "require_providers": "gpu"
                 if setup.chain[0] != CPU else "none", "batch_rows": str(args.gateway_batch_rows),
-                "chunk_rows": str(args.gateway_batch_rows)}
+                "chunk_rows": str(args.gateway_batch_rows), "profile": "gpu"}
     points = []
     with GatewayProcess(out_dir / "gateway.log", args.model_repository, settings) as gw:
         assert gw.process is not None

@@ -1,6 +1,8 @@
-"""Overload report: the gateway at three times its measured capacity, and what it promised.
+"""Overload report: the gateway far past its measured capacity, what it promised, and how
+fast it recovers from a step in load.
 
-``python -m loadtests.experiments.overload`` (about a minute):
+``python -m loadtests.experiments.overload`` (about a minute; ``--factor 10 --seconds 60``
+for the 10x report in docs/reliability.md):
 
 1. starts ``rankserve serve`` (embedded ONNX Runtime) pinned to one core, and pins this
    process, the load generator, to another (``taskset`` / ``sched_setaffinity``, where the
@@ -13,7 +15,11 @@
 4. reports: offered and accepted (200) requests/s, p50/p99 of accepted requests against
    1.5x their budget, statuses, how fast the excess was refused (429 latency, from the
    moment the request was sent) and whether every 429 carried ``Retry-After``, the
-   generator's own lag, and the gateway's RSS before, during (peak) and after the load.
+   generator's own lag, and the gateway's RSS before, during (peak) and after the load;
+5. with ``--step-seconds`` > 0, a step: ``STEP_LOW`` (0.7x) of capacity, then at once
+   ``STEP_HIGH`` (1.4x), open loop; the recovery time is from the step until the p99 of
+   accepted requests, over windows of ``RECOVERY_WINDOW_S`` (by send time), is back under
+   the budget for good (0 when it never left it).
 
 Figures go to stdout, ``loadtests/results/overload.json`` and ``overload.md``. The
 reliability tests call :func:`run` with shorter phases and assert the same promises.
@@ -44,6 +50,10 @@ from loadtests.traffic import CandidateCounts, HeldOutTraffic
 RAMP_START_RPS, RAMP_FACTOR, RAMP_STEPS = 10.0, 1.4, 12
 ACCEPTED_P99_FACTOR = 1.5
 REJECT_WITHIN_MS = 5.0
+STEP_LOW, STEP_HIGH = 0.7, 1.4
+RECOVERY_WINDOW_S = 0.25
+"""Short enough to resolve a recovery under 1 s, long enough for a p99 of tens of requests
+at the rates a 2-core machine serves."""
 
 
 @dataclass
@@ -122,6 +132,65 @@ async def measure_capacity(url: str, bank: Bank, budget_ms: float, step_s: float
 
 
 @dataclass(frozen=True)
+class Step:
+    """A step from ``STEP_LOW`` to ``STEP_HIGH`` of capacity and how the gateway took it."""
+
+    low_rps: float
+    high_rps: float
+    seconds_each: float
+    statuses_after: dict[str, int]
+    accepted_p99_before_ms: float | None
+    accepted_p99_after_ms: float | None
+    worst_window_p99_ms: float | None
+    recovery_s: float
+    """From the step to the end of the last window whose accepted p99 was over budget."""
+
+
+def recovery_time(outcomes: Sequence[Outcome], step_at: float, budget_ms: float,
+                  window_s: float = RECOVERY_WINDOW_S) -> tuple[float, float | None]:
+    """(seconds from ``step_at`` until the accepted p99 stays under ``budget_ms``, the worst
+    window's p99): accepted requests sent after the step, in windows of ``window_s`` by
+    send time."""
+    windows: dict[int, list[float]] = {}
+    for o in outcomes:
+        if o.status == 200 and o.scheduled >= step_at:
+            windows.setdefault(int((o.scheduled - step_at) // window_s), []).append(
+                o.response_ms)
+    p99 = {i: float(np.percentile(v, 99)) for i, v in windows.items()}
+    late = [i for i, value in p99.items() if value > budget_ms]
+    return ((max(late) + 1) * window_s if late else 0.0), max(p99.values(), default=None)
+
+
+async def step_phase(url: str, bank: Bank, capacity: float, seconds_each: float,
+                     budget_ms: float) -> Step:
+    """``STEP_LOW`` x capacity for ``seconds_each``, then ``STEP_HIGH`` x for as long: one
+    open loop at the low rate throughout, and a second one adding the difference from the
+    step on (both schedule on the same loop clock)."""
+    low, high = STEP_LOW * capacity, STEP_HIGH * capacity
+
+    async def extra() -> list[Outcome]:
+        await asyncio.sleep(seconds_each)
+        return await offer(f"{url}/v1/rank", bank.shots, bank.content_type, high - low,
+                           seconds_each, budget_ms=budget_ms, max_in_flight=0,
+                           timeout_s=max(10.0, budget_ms / 1e3 * 4))
+
+    base, added = await asyncio.gather(
+        offer(f"{url}/v1/rank", bank.shots, bank.content_type, low, 2 * seconds_each,
+              budget_ms=budget_ms, max_in_flight=0, timeout_s=max(10.0, budget_ms / 1e3 * 4)),
+        extra())
+    step_at = min(o.scheduled for o in added)
+    before = Phase(low, seconds_each, [o for o in base if o.scheduled < step_at])
+    after = Phase(high, seconds_each, [o for o in [*base, *added] if o.scheduled >= step_at])
+    recovery, worst = recovery_time(after.outcomes, step_at, budget_ms)
+    return Step(low_rps=low, high_rps=high, seconds_each=seconds_each,
+                statuses_after={str(k): v for k, v in sorted(
+                    Counter(o.status for o in after.outcomes).items())},
+                accepted_p99_before_ms=before.percentile(200, 99),
+                accepted_p99_after_ms=after.percentile(200, 99),
+                worst_window_p99_ms=worst, recovery_s=recovery)
+
+
+@dataclass(frozen=True)
 class Report:
     budget_ms: float
     candidates: str
@@ -145,6 +214,7 @@ class Report:
     rss_peak_mib: float
     rss_after_mib: float
     ramp: list[dict[str, Any]]
+    step: Step | None = None
 
     def lines(self) -> list[str]:
         """The figures as a markdown table."""
@@ -167,11 +237,25 @@ class Report:
             ("gateway RSS before / peak / after", f"{self.rss_before_mib:.0f} / "
              f"{self.rss_peak_mib:.0f} / {self.rss_after_mib:.0f} MiB"),
         ]
+        if self.step is not None:
+            s = self.step
+            rows += [
+                ("step (open loop)", f"{s.low_rps:.0f} -> {s.high_rps:.0f} req/s ({STEP_LOW:g}x "
+                                     f"-> {STEP_HIGH:g}x), {s.seconds_each:g} s each"),
+                ("accepted p99 before / after the step", f"{ms(s.accepted_p99_before_ms)} / "
+                                                         f"{ms(s.accepted_p99_after_ms)} ms"),
+                (f"worst {RECOVERY_WINDOW_S * 1e3:g} ms window p99 after the step",
+                 f"{ms(s.worst_window_p99_ms)} ms"),
+                ("time until p99 back under budget", f"{s.recovery_s:.2f} s"),
+                ("statuses after the step", ", ".join(f"{k}: {v}"
+                                                      for k, v in s.statuses_after.items())),
+            ]
         return ["| figure | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
 
 
 def summarise(phase: Phase, capacity: float, steps: Sequence[Phase], budget_ms: float,
-              bank: Bank, rss_before: float, rss_after: float) -> Report:
+              bank: Bank, rss_before: float, rss_after: float,
+              step: Step | None = None) -> Report:
     rejected = [o.response_ms for o in phase.status(429)]
     return Report(
         budget_ms=budget_ms, candidates=bank.candidates, encoding=bank.encoding,
@@ -191,7 +275,8 @@ def summarise(phase: Phase, capacity: float, steps: Sequence[Phase], budget_ms: 
         rss_before_mib=rss_before, rss_peak_mib=max(phase.rss_mib, default=rss_before),
         rss_after_mib=rss_after,
         ramp=[{"offered_rps": round(s.offered_rps, 1), "ok": len(s.status(200)),
-               "sent": len(s.outcomes), "p99_ms": s.percentile(200, 99)} for s in steps])
+               "sent": len(s.outcomes), "p99_ms": s.percentile(200, 99)} for s in steps],
+        step=step)
 
 
 def cores() -> tuple[str | None, set[int] | None]:
@@ -204,8 +289,10 @@ def cores() -> tuple[str | None, set[int] | None]:
 
 def run(bank: Bank, log_path: Path, budget_ms: float = 50.0, factor: float = 3.0,
         seconds: float = 30.0, step_s: float = 2.0, settle_s: float = 2.0,
-        start_rps: float = RAMP_START_RPS, settings: dict[str, str] | None = None) -> Report:
-    """Start a pinned gateway, measure its capacity, overload it; the figures.
+        start_rps: float = RAMP_START_RPS, settings: dict[str, str] | None = None,
+        step_seconds: float = 0.0) -> Report:
+    """Start a pinned gateway, measure its capacity, overload it, then (``step_seconds``
+    > 0) step the load from 0.7x to 1.4x of capacity; the figures.
 
     Raises:
         loadtests.server.GatewayError: the gateway did not start.
@@ -226,7 +313,9 @@ def run(bank: Bank, log_path: Path, budget_ms: float = 50.0, factor: float = 3.0
                                f"(status {gateway.process.returncode})")
         asyncio.run(asyncio.sleep(settle_s))
         rss_after = rss_mib(pid)
-    return summarise(phase, capacity, steps, budget_ms, bank, rss_before, rss_after)
+        step = (asyncio.run(step_phase(gateway.url, bank, capacity, step_seconds, budget_ms))
+                if step_seconds > 0 else None)
+    return summarise(phase, capacity, steps, budget_ms, bank, rss_before, rss_after, step)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,6 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="candidates per request (fixed)")
     parser.add_argument("--encoding", choices=["json", "columnar", "binary"], default="binary")
     parser.add_argument("--step-s", type=float, default=2.0, help="seconds per ramp step")
+    parser.add_argument("--step-seconds", type=float, default=0.0,
+                        help="seconds at 0.7x and then at 1.4x of capacity (0: no step)")
     args = parser.parse_args(argv)
     bank = Bank.build(HeldOutTraffic.load(users=200), CandidateCounts.fixed(args.candidates),
                       200, args.encoding)
@@ -247,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     folder = RESULTS / f"overload-{stamp}"
     folder.mkdir()
     report = run(bank, folder / "gateway.log", args.budget_ms, args.factor, args.seconds,
-                 args.step_s)
+                 args.step_s, step_seconds=args.step_seconds)
     title = (f"# Overload report {stamp} UTC\n\n{args.candidates} candidates per request "
              f"({args.encoding}), budget {args.budget_ms:g} ms (X-Request-Budget-Ms), "
              f"{os.cpu_count()} cores; gateway and load generator pinned to different cores "

@@ -55,6 +55,12 @@ class Backend(abc.ABC):
     def healthy(self) -> bool:
         """Whether the backend can take work now (feeds ``/readyz``)."""
 
+    def failing(self) -> bool:
+        """Whether the backend reports itself failing now (a circuit breaker that counted
+        the last call as a failure): a timeout it raised then measures the outage, not a
+        batch's cost, and the batcher's latency model must not learn it. Default: never."""
+        return False
+
     @abc.abstractmethod
     async def infer(
         self, model: str, inputs: Mapping[str, np.ndarray], timeout_s: float

@@ -51,6 +51,12 @@ class CircuitBreaker:
     def state(self) -> BreakerState:
         return self._state
 
+    @property
+    def failing(self) -> bool:
+        """The backend's last call failed (or it is open or being probed): what it takes
+        now says nothing about its normal speed (see :meth:`Backend.failing`)."""
+        return self._state is not BreakerState.CLOSED or self._consecutive > 0
+
     def allow(self) -> bool:
         """Whether a call may go to the backend now; in half-open, only the one probe may."""
         if self._state is BreakerState.CLOSED:

@@ -91,6 +91,11 @@ class FailoverBackend(Backend):
         """Ready if the primary is, or, under ``embedded``, if the fallback can answer."""
         return self.primary.healthy() or (self.fallback is not None and self.fallback.healthy())
 
+    def failing(self) -> bool:
+        """The primary's verdict: a timeout raised while it fails is an outage, whichever
+        backend raised it."""
+        return self.primary.failing()
+
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray],
                     timeout_s: float) -> BackendOutput:
         """Score on the primary; on its failure apply the policy (module docstring).

@@ -1,6 +1,8 @@
 """The embedded backend: ONNX Runtime sessions inside the gateway process.
 
-Sessions run in a thread pool with one thread per instance: ONNX Runtime releases the GIL
+Sessions run in dedicated worker threads, one per instance, each batch handed over and
+back with one queue item and one loop wake-up (:mod:`serving.backends.handoff`); ONNX
+Runtime releases the GIL
 while it computes, so the event loop keeps accepting and batching requests while up to
 ``instances`` batches run. Each instance has its own session per model (a session pool),
 so instances never contend for one session's internal state.
@@ -11,7 +13,8 @@ session did not get is a WARNING with ONNX Runtime's reason, and where
 ``require_providers`` asks for it (by default whenever the first provider is a GPU one)
 the backend refuses to start instead of serving on the CPU. :meth:`session_providers`
 says what each session really runs on. On GPU providers (or with ``io_binding: on``)
-batches go through bound I/O with buffers reused per shape
+batches go through bound I/O with packed buffers kept per shape (with shape buckets: per
+bucket) and, where ``cuda_graphs`` is on, one CUDA graph per bucket
 (:mod:`serving.backends.ort_binding`).
 
 A batch past its deadline is told to stop (``RunOptions.terminate``), but its instance is
@@ -27,7 +30,6 @@ import logging
 import queue
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +37,15 @@ import numpy as np
 import onnxruntime as ort
 
 from serving.backends.base import Backend, BackendOutput
+from serving.backends.handoff import WorkerThreads
 from serving.backends.ort_binding import BoundRunner
-from serving.backends.ort_providers import GPU_PROVIDERS, ProviderPlan
+from serving.backends.ort_providers import (
+    GPU_PROVIDERS,
+    TENSORRT,
+    ProviderPlan,
+    quiet_native_log,
+    tensorrt_profile,
+)
 from serving.errors import BackendError, DeadlineExceeded, ModelCardError, Unavailable
 from serving.repository.served import ServedModel
 from serving.settings import Settings, default
@@ -99,16 +108,18 @@ class OnnxRuntimeBackend(Backend):
                  inter_op_threads: int = default("inter_op_threads"),
                  graph_optimization: str = default("graph_optimization"),
                  plan: ProviderPlan | None = None,
-                 io_binding: str = default("io_binding")) -> None:
+                 io_binding: str = default("io_binding"), bound_shapes: int = 8,
+                 buckets: tuple[Sequence[int], Sequence[int]] = ((), ())) -> None:
         self._models = dict(models)
         self._instances = instances
         self._plan = plan or ProviderPlan(tuple(providers), default("require_providers"))
         self._intra, self._inter = intra_op_threads, inter_op_threads
         self._optimization = OPTIMIZATION_LEVELS[graph_optimization]
         self._io_binding = io_binding
+        self._bound_shapes = bound_shapes
+        self._buckets = buckets
         self._pools: dict[str, _SessionPool] = {}
-        self._executor: ThreadPoolExecutor | None = None
-        self._busy = 0
+        self._threads: WorkerThreads | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, models: Mapping[str, ServedModel]
@@ -118,7 +129,9 @@ class OnnxRuntimeBackend(Backend):
                    intra_op_threads=settings.intra_op_threads,
                    inter_op_threads=settings.inter_op_threads,
                    graph_optimization=settings.graph_optimization,
-                   plan=ProviderPlan.from_settings(settings), io_binding=settings.io_binding)
+                   plan=ProviderPlan.from_settings(settings), io_binding=settings.io_binding,
+                   bound_shapes=_bound_shapes(settings),
+                   buckets=(settings.buckets, settings.user_buckets))
 
     @property
     def instances(self) -> int:
@@ -128,7 +141,7 @@ class OnnxRuntimeBackend(Backend):
     def busy_workers(self) -> int:
         """Worker threads inside a run now (a run cut off at its deadline counts until its
         thread returns)."""
-        return self._busy
+        return 0 if self._threads is None else self._threads.busy
 
     async def start(self) -> None:
         """Create the worker threads and every model's sessions (in a worker thread).
@@ -138,13 +151,13 @@ class OnnxRuntimeBackend(Backend):
             Unavailable: a provider that ``require_providers`` requires did not load; the
                 message names it and ONNX Runtime's reason.
         """
-        self._executor = ThreadPoolExecutor(self._instances, thread_name_prefix="onnxruntime")
-        loop = asyncio.get_running_loop()
+        threads = self._threads = WorkerThreads(self._instances, "onnxruntime")
+        threads.start()
         try:
             providers, options = self._plan.chain()
             for model, path in self._models.items():
-                workers = await loop.run_in_executor(self._executor, self._load, model, path,
-                                                     providers, options)
+                workers = await threads.submit(self._load, model, path, providers,
+                                               options).future
                 self._pools[model] = _SessionPool(workers)
         except BaseException:
             await self.aclose()
@@ -152,10 +165,15 @@ class OnnxRuntimeBackend(Backend):
 
     def _load(self, model: str, path: Path, providers: list[str],
               provider_options: list[dict[str, str]]) -> list[_Worker]:
-        options = ort.SessionOptions()
+        options = quiet_native_log(ort.SessionOptions())
         options.intra_op_num_threads = self._intra
         options.inter_op_num_threads = self._inter
         options.graph_optimization_level = self._optimization
+        if TENSORRT in providers:  # one engine for every bucket shape (no buckets: none)
+            at = providers.index(TENSORRT)
+            provider_options = [*provider_options]
+            provider_options[at] = {**tensorrt_profile(path, *self._buckets),
+                                    **provider_options[at]}
         try:
             sessions = [ort.InferenceSession(str(path), options, providers=providers,
                                              provider_options=provider_options)
@@ -178,17 +196,22 @@ class OnnxRuntimeBackend(Backend):
         on_gpu = first in GPU_PROVIDERS
         if self._io_binding == "off" or (self._io_binding == "auto" and not on_gpu):
             return None
-        device_id = int(self._plan.options.get(first, {}).get("device_id", "0"))
-        return BoundRunner(session, "cuda" if on_gpu else "cpu", device_id if on_gpu else 0)
+        options = self._plan.options.get(first, {})
+        device_id = int(options.get("device_id", "0"))
+        # One CUDA graph per bucket shape where the provider captures graphs.
+        graphs = on_gpu and "1" in (options.get("enable_cuda_graph"),
+                                    options.get("trt_cuda_graph_enable"))
+        return BoundRunner(session, "cuda" if on_gpu else "cpu", device_id if on_gpu else 0,
+                           shapes=self._bound_shapes, graphs=graphs)
 
     async def aclose(self) -> None:
         self._pools.clear()
-        if self._executor is not None:
-            executor, self._executor = self._executor, None
-            await asyncio.get_running_loop().run_in_executor(None, executor.shutdown, True)
+        if self._threads is not None:
+            threads, self._threads = self._threads, None
+            await threads.aclose()
 
     def healthy(self) -> bool:
-        return self._executor is not None and len(self._pools) == len(self._models)
+        return self._threads is not None and len(self._pools) == len(self._models)
 
     def providers(self, model: str) -> list[str]:
         """The providers a model's first session actually runs on, best first.
@@ -219,47 +242,42 @@ class OnnxRuntimeBackend(Backend):
             DeadlineExceeded: ``timeout_s`` passed; the run was told to stop early.
         """
         pool = self._pools.get(model)
-        if self._executor is None:
+        threads = self._threads
+        if threads is None:
             raise Unavailable("the ONNX Runtime backend is not running")
         if pool is None:
             raise BackendError(f"model '{model}' is not loaded in ONNX Runtime")
         options = ort.RunOptions()
-        loop = asyncio.get_running_loop()
-        self._busy += 1
-        future = loop.run_in_executor(self._executor, pool.run, inputs, options)
-        future.add_done_callback(self._worker_returned)
+        # One queue item to a worker thread and one loop wake-up back (serving.backends.
+        # handoff); the timeout is one timer that tells the run to stop.
+        call = threads.submit(pool.run, inputs, options)
         started = time.monotonic()
+        timer = asyncio.get_running_loop().call_later(max(timeout_s, 0.0), _terminate, options)
         try:
-            outputs = await asyncio.wait_for(asyncio.shield(future), max(timeout_s, 0.0))
-        except (asyncio.TimeoutError, asyncio.CancelledError) as e:
+            outputs = await call.future
+        except asyncio.CancelledError:
             options.terminate = True  # the worker thread stops at ORT's next check
-            await _until_done(future)
+            await call.returned()
+            raise
+        except Exception as e:
+            if not options.terminate:
+                log.error("ONNX Runtime failed on a batch of model %s: %s", model, e)
+                raise BackendError("ONNX Runtime failed on this batch") from e
+        finally:
+            timer.cancel()
+        if options.terminate:  # the timer fired: the run was cut off, or finished too late
             log.warning("a batch of model %s ran %.3f s, past its %.3f s timeout, until its "
                         "worker returned", model, time.monotonic() - started, timeout_s)
-            if isinstance(e, asyncio.CancelledError):
-                raise
-            raise DeadlineExceeded("the batch did not finish within its deadline") from None
-        except Exception as e:
-            log.error("ONNX Runtime failed on a batch of model %s: %s", model, e)
-            raise BackendError("ONNX Runtime failed on this batch") from e
+            raise DeadlineExceeded("the batch did not finish within its deadline")
         return BackendOutput(outputs)
 
-    def _worker_returned(self, _: asyncio.Future[Any]) -> None:
-        self._busy -= 1
+
+def _bound_shapes(settings: Settings) -> int:
+    """Batch shapes whose bound buffers (and CUDA graphs) each session keeps: every bucket
+    shape (4: the default user buckets), or a few recent shapes without buckets."""
+    return max(8, len(settings.buckets) * max(len(settings.user_buckets), 4))
 
 
-async def _until_done(future: asyncio.Future[Any]) -> None:
-    """Wait for ``future`` whatever happens: cancelling this wait does not end it early
-    (the cancellation is re-raised once the future is done)."""
-    cancelled = False
-    while not future.done():
-        try:
-            await asyncio.shield(future)
-        except asyncio.CancelledError:
-            cancelled = True
-        except Exception:  # the terminated run's own error: its outcome is the timeout
-            break
-    if not future.cancelled():
-        future.exception()  # retrieved, so asyncio does not log it as never retrieved
-    if cancelled:
-        raise asyncio.CancelledError
+def _terminate(options: ort.RunOptions) -> None:
+    """The batch's time is up: ONNX Runtime stops the run at its next check."""
+    options.terminate = True

@@ -25,10 +25,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import onnx
 import onnxruntime as ort
 
 from serving.errors import Unavailable
-from serving.settings import Settings, default
+from serving.settings import DEFAULT_USER_BUCKETS, Settings, default
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,22 @@ def why_not_loaded(provider: str, model_path: Path | None = None,
         if reason is not None:
             return reason
     return ("ONNX Runtime dropped it without raising an error (no usable GPU or driver?); "
-            "its own log above says more")
+            "run `nvidia-smi` and check the CUDA libraries on the loader path")
+
+
+# ONNX Runtime's native logger writes ANSI-coloured text to fd 2, which would break the
+# gateway's one-JSON-object-per-line stderr. Its errors also come back as Python exceptions
+# (logged by the backend as JSON) and dropped providers are reported with their reason by
+# ProviderPlan.check, so only FATAL (written just before the process dies) stays native.
+NATIVE_LOG_SEVERITY = 4
+
+
+def quiet_native_log(options: ort.SessionOptions) -> ort.SessionOptions:
+    """Keep ONNX Runtime's native logger off stderr, process-wide and for sessions created
+    with ``options`` (returned, for chaining), so every stderr line stays JSON."""
+    ort.set_default_logger_severity(NATIVE_LOG_SEVERITY)
+    options.log_severity_level = NATIVE_LOG_SEVERITY
+    return options
 
 
 def _initialise_alone(provider: str, path: Path, options: Mapping[str, str]) -> str | None:
@@ -107,7 +123,8 @@ def _initialise_alone(provider: str, path: Path, options: Mapping[str, str]) -> 
     ``InferenceSession``) does not retry on the CPU when the provider raises: its error."""
     try:
         from onnxruntime.capi import _pybind_state as capi
-        probe = capi.InferenceSession(ort.SessionOptions(), str(path), True, False)
+        probe = capi.InferenceSession(quiet_native_log(ort.SessionOptions()), str(path),
+                                      True, False)
         probe.initialize_session([provider], [dict(options)], set())
     except AttributeError:  # a binding without these entry points: no reason to give
         return None
@@ -178,6 +195,41 @@ class ProviderPlan:
         for p in missing:
             log.warning("ONNX Runtime provider %s skipped for model %s: %s", p, model,
                         reasons[p])
+
+
+def tensorrt_profile(path: Path, rows: Sequence[int], user_rows: Sequence[int]
+                     ) -> dict[str, str]:
+    """TensorRT's shape profile options for the model at ``path`` from the batch buckets:
+    min 1 row, opt the lower middle bucket, max the largest, so one engine serves every
+    bucket shape instead of one engine build per new shape. Inputs whose leading dimension
+    is named ``requests`` (the exporter's name for user rows) take ``user_rows``, other
+    dynamic leading dimensions ``rows``; no buckets or no graph to read: no options."""
+    if not rows:
+        return {}
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as e:  # onnx raises DecodeError and others: ORT then reports the file
+        log.warning("no TensorRT shape profile for %s: %s", path, e)
+        return {}
+    users = sorted(user_rows) or list(DEFAULT_USER_BUCKETS)
+    candidates = sorted(rows)
+    points = {"min": (1, 1), "opt": (candidates[(len(candidates) - 1) // 2],
+                                     users[(len(users) - 1) // 2]),
+              "max": (candidates[-1], users[-1])}
+    initializers = {i.name for i in graph.initializer}
+    out = {}
+    for point, (n, r) in points.items():
+        shapes = []
+        for value in (v for v in graph.input if v.name not in initializers):
+            dims = []
+            for axis, d in enumerate(value.type.tensor_type.shape.dim):
+                if d.HasField("dim_value"):
+                    dims.append(d.dim_value)
+                else:
+                    dims.append((r if d.dim_param == "requests" else n) if axis == 0 else 1)
+            shapes.append(f"{value.name}:" + "x".join(str(d) for d in dims))
+        out[f"trt_profile_{point}_shapes"] = ",".join(shapes)
+    return out
 
 
 def provider_options(settings: Settings) -> dict[str, dict[str, str]]:

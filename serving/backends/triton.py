@@ -16,7 +16,9 @@ most its budget, never more. Around the calls:
   failures and probes with one call after a pause;
 * ``tritonclient`` exceptions are caught here and re-raised as :mod:`serving.errors` types,
   classified by gRPC status code (never by message text); the server's message is logged,
-  not sent to clients.
+  not sent to clients;
+* with tracing on, every call carries the batch's W3C ``traceparent`` in its gRPC metadata
+  (:func:`serving.telemetry.tracing.inject`), so Triton's own trace joins the batch's.
 
 The failover policy around it is :mod:`serving.backends.failover`, chosen in
 :mod:`serving.backends.factory`.
@@ -54,6 +56,7 @@ from serving.errors import (
 from serving.repository.card import ModelCard
 from serving.repository.served import ServedModel
 from serving.settings import Settings, default
+from serving.telemetry import tracing
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +157,9 @@ class TritonBackend(Backend):
     def healthy(self) -> bool:
         return (self._client is not None and self._ready and self.problem is None
                 and self.breaker.state is not BreakerState.OPEN)
+
+    def failing(self) -> bool:
+        return self.breaker.failing
 
     async def start(self) -> None:
         """Open the channel, check the models against their cards, start polling.
@@ -350,7 +356,8 @@ class TritonBackend(Backend):
             request_inputs.append(infer_input)
         outputs = [self._objects.output(model, name) for name in signature.outputs]
         result = await self._client.infer(model, request_inputs, outputs=outputs,
-                                          client_timeout=self._remaining(deadline))
+                                          client_timeout=self._remaining(deadline),
+                                          headers=tracing.inject())
         return {name: result.as_numpy(name) for name in signature.outputs}
 
     async def _infer_shm(self, model: str, signature: Signature,
@@ -373,7 +380,8 @@ class TritonBackend(Backend):
             requested.set_shared_memory(slot.outputs.name, nbytes, offset)
             outputs.append(requested)
         result = await self._client.infer(model, request_inputs, outputs=outputs,
-                                          client_timeout=self._remaining(deadline))
+                                          client_timeout=self._remaining(deadline),
+                                          headers=tracing.inject())
         values = {}
         for name, sig in signature.outputs.items():
             meta = result.get_output(name)

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from serving.backends.base import Backend
-from serving.batching.latency import LatencyModel
+from serving.batching.latency import BucketedLatency, Latency, LatencyModel
 from serving.batching.layout import Layout
 from serving.batching.policy import BatchPolicy, Slots
 from serving.batching.queue import DeadlineQueue, Entry
@@ -44,6 +44,7 @@ from serving.errors import (
     RankServeError,
     Unavailable,
 )
+from serving.telemetry import tracing
 from serving.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -66,14 +67,16 @@ class Batcher:
     """
 
     def __init__(self, backend: Backend, model: str, layout: Layout, policy: BatchPolicy,
-                 metrics: Metrics, slots: Slots, latency: LatencyModel | None = None) -> None:
+                 metrics: Metrics, slots: Slots, latency: Latency | None = None) -> None:
         self.backend = backend
         self.model = model
         self.layout = layout
         self.policy = policy
         self.metrics = metrics
         self.slots = slots
-        self.latency = latency or LatencyModel()
+        # With shape buckets every batch runs padded to a bucket: one estimate per bucket.
+        self.latency: Latency = latency or (BucketedLatency(policy.buckets) if policy.buckets
+                                            else LatencyModel())
         self.queued_rows = 0
         self._queue = DeadlineQueue()
         self._arrival = asyncio.Event()
@@ -124,7 +127,8 @@ class Batcher:
         now = loop.time()
         slack = max(self.policy.min_slack_s, self.policy.slack_fraction * (deadline - now))
         job = Job(dict(inputs), rows, deadline, now, loop.create_future(),
-                  self.layout.signature(inputs), dispatch_by=deadline - slack)
+                  self.layout.signature(inputs), dispatch_by=deadline - slack,
+                  trace=tracing.current())
         mergeable = self.policy.batching and self.layout.splittable
         job.split(min(self.policy.chunk_rows, self.policy.batch_rows) if mergeable else 0)
         cost = sum(self._cost(chunk) for chunk in job.chunks)
@@ -139,7 +143,12 @@ class Batcher:
         # A handler cancelled meanwhile (client gone) cancels the future it awaits.
         timer = loop.call_at(deadline, _time_out, job)
         job.future.add_done_callback(lambda _: timer.cancel())
-        return await job.future
+        result = await job.future
+        if tracing.enabled():  # the request's phases the batcher timed, as its child spans
+            queued, now = job.enqueued_at + result.queue_s, loop.time()
+            tracing.record("queue wait", job.enqueued_at, queued, now)
+            tracing.record("backend", queued, queued + result.backend_s, now)
+        return result
 
     def admit(self, rows: int, deadline: float, prep_s: float = 0.0) -> None:
         """Refuse a request that cannot be served, before anyone spends CPU encoding it.
@@ -215,9 +224,14 @@ class Batcher:
     def _batch_cost(self, chunks: list[Chunk]) -> int:
         """Rows a batch of ``chunks`` carries: every candidate row, user rows once per
         request. What queue, batch and latency limits count."""
+        return sum(self._batch_shape(chunks))
+
+    def _batch_shape(self, chunks: list[Chunk]) -> tuple[int, int]:
+        """(candidate rows, user rows once per request) of a batch of ``chunks``: what the
+        latency model prices (and, with buckets, pads)."""
         jobs = {id(c.job): c.job for c in chunks}
-        return sum(c.rows for c in chunks) + sum(self.layout.user_rows_of(j.inputs)
-                                                 for j in jobs.values())
+        return (sum(c.rows for c in chunks),
+                sum(self.layout.user_rows_of(j.inputs) for j in jobs.values()))
 
     # -- the dispatcher --------------------------------------------------------------------
 
@@ -253,15 +267,20 @@ class Batcher:
                 return []
             entries, full = self._take(now)
             chunks = [chunk for _, _, chunk in entries]
-            rows = self._batch_cost(chunks)
-            wake_at = min(min(c.job.dispatch_by for c in chunks) - self.latency.bound(rows),
+            wake_at = min(min(c.job.dispatch_by for c in chunks)
+                          - self.latency.bound(*self._batch_shape(chunks)),
                           min(c.job.enqueued_at for c in chunks) + self._max_wait())
             if full or now >= wake_at or any(c.job.started for c in chunks):
                 return chunks
             self._queue.restore(entries)
             self._arrival.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._arrival.wait(), wake_at - now)
+            # A timer that fakes an arrival at wake_at, not asyncio.wait_for (on Python
+            # 3.11 a task, a waiter and a timer per wait): either way the loop re-checks.
+            timer = loop.call_at(wake_at, self._arrival.set)
+            try:
+                await self._arrival.wait()
+            finally:
+                timer.cancel()
 
     def _max_wait(self) -> float:
         """How long a batch may wait for more rows: ``max_wait``, but never longer than the
@@ -278,7 +297,8 @@ class Batcher:
     def _take(self, now: float) -> tuple[list[Entry], bool]:
         """Pop the head of the queue up to a batch; ``full`` when it may not grow further.
 
-        A batch stops growing at the row target, at a request it cannot merge with, when
+        A batch stops growing at the row target, past the largest bucket shape (if any),
+        at a request it cannot merge with, when
         one more chunk would make one of its deadlines unreachable (by the latency
         model's pessimistic bound), and, while another instance is idle, at a second chunk
         of the same request.
@@ -287,6 +307,7 @@ class Batcher:
         mergeable = policy.batching and self.layout.splittable
         taken: list[Entry] = []
         rows = 0  # every row the batch carries: candidates, and user rows once per request
+        users = 0  # of which user rows
         by = math.inf
         while self._queue:
             chunk = self._queue.head()
@@ -294,16 +315,21 @@ class Batcher:
                 self._queue.pop()
                 continue
             same_job = any(c.job is chunk.job for _, _, c in taken)
-            more = chunk.rows if same_job else self._cost(chunk)
+            more_users = 0 if same_job else self.layout.user_rows_of(chunk.job.inputs)
+            more = chunk.rows + more_users
             if taken and (not mergeable
                           or chunk.job.signature != taken[0][2].job.signature
                           or rows + more > policy.batch_rows
-                          or now + self.latency.bound(rows + more)
+                          or now + self.latency.bound(rows + more - users - more_users,
+                                                      users + more_users)
                           > min(by, chunk.job.dispatch_by)
+                          or (policy.buckets is not None and not policy.buckets.holds(
+                              rows + more - users - more_users, users + more_users))
                           or (self.slots.free > 0 and same_job)):
                 return taken, True
             taken.append(self._queue.pop())
             rows += more
+            users += more_users
             by = min(by, chunk.job.dispatch_by)
             if rows >= policy.batch_rows or not mergeable:
                 return taken, True
@@ -319,8 +345,8 @@ class Batcher:
         while self._queue:
             chunk = self._queue.head()
             deadline = chunk.deadline
-            late = deadline <= now or (doomed and now + self.latency.predict(self._cost(chunk))
-                                       > deadline)
+            late = deadline <= now or (doomed and now + self.latency.predict(
+                chunk.rows, self.layout.user_rows_of(chunk.job.inputs)) > deadline)
             if chunk.alive and not late:
                 return
             self._queue.pop()
@@ -352,7 +378,9 @@ class Batcher:
         several requests, each request is retried alone, so one request's bad tensors
         (say, an id past an embedding table) fail only that request."""
         try:
-            error = await self._score(chunks, dispatched)
+            with tracing.batch_span("batch", (c.job.trace for c in chunks),
+                                    {"rankserve.model": self.model}):
+                error = await self._score(chunks, dispatched)
             if error is None:
                 return
             jobs: dict[int, list[Chunk]] = {}
@@ -377,18 +405,25 @@ class Batcher:
         """Merge, infer, split and complete the chunks; the error instead, if any."""
         loop = asyncio.get_running_loop()
         rows = sum(c.rows for c in chunks)
-        carried = self._batch_cost(chunks)  # what the latency model learns and predicts
+        candidates, users = self._batch_shape(chunks)  # what the latency model learns
         try:
             inputs, rows = self.layout.merge(chunks)
+            # Padded up to its bucket shape, if any; padded rows are cut off before split.
+            inputs, padded = self.layout.pad(inputs, self.policy.buckets)
             timeout = max(c.deadline for c in chunks) - loop.time()
-            output = await self.backend.infer(self.model, inputs, timeout)
+            with tracing.span("backend", {"rankserve.backend": self.backend.name}):
+                output = await self.backend.infer(self.model, inputs, timeout)
             elapsed = loop.time() - dispatched
-            parts = self.layout.split(output.outputs, chunks, rows)
+            parts = self.layout.split(self.layout.unpad(output.outputs, padded, rows),
+                                      chunks, rows)
         except DeadlineExceeded as e:
             # Cut off, so at least this slow: learning that lower bound keeps the model
-            # current and pessimistic exactly when batches run late.
-            now = loop.time()
-            self.latency.observe(carried, now - dispatched, at=now)
+            # current and pessimistic exactly when batches run late. Not while the backend
+            # reports itself failing (Triton down): that wait measures the outage, and
+            # learning it would shed load with 429s after the backend is back.
+            if not self.backend.failing():
+                now = loop.time()
+                self.latency.observe(candidates, now - dispatched, at=now, user_rows=users)
             return e
         except RankServeError as e:
             return e
@@ -401,7 +436,7 @@ class Batcher:
         if not output.degraded:
             # A fallback's answer timed the failed primary plus another backend: learning
             # it would leave the model pessimistic, and shedding, after the primary is back.
-            error = self.latency.observe(carried, elapsed, at=loop.time())
+            error = self.latency.observe(candidates, elapsed, at=loop.time(), user_rows=users)
             self.metrics.latency_model_error.labels(self.backend.name).observe(abs(error))
         for chunk, part in zip(chunks, parts, strict=True):
             pending = not chunk.job.future.done()

@@ -20,9 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from serving.batching.buckets import Buckets
 from serving.batching.work import Chunk, Tensors
 from serving.errors import BackendError, BadRequest
 from serving.ranking.features import ITEM_INPUTS, ITEM_TO_USER, MODEL_INPUTS, USER_INPUTS
+from serving.repository.schema import card_batch_inputs
 from serving.repository.served import ServedModel
 
 
@@ -32,6 +34,9 @@ def layout_for(model: ServedModel) -> Layout:
     no merging at all."""
     if model.max_batch_size > 0:
         return CandidateLayout((), tuple(t.name for t in model.inputs))
+    split = card_batch_inputs(model.card) if model.card is not None else None
+    if split is not None and model.input_names() == {*split[0], *split[1], split[2]}:
+        return CandidateLayout(*split)  # the card schema's per-request/per-candidate rule
     if model.input_names() == set(MODEL_INPUTS):
         return CandidateLayout(USER_INPUTS, (*ITEM_INPUTS,), ITEM_TO_USER)
     return WholeLayout()
@@ -72,6 +77,27 @@ class Layout:
             BackendError: an output does not have one row per input row.
         """
         raise NotImplementedError
+
+    def pad(self, inputs: Tensors, buckets: Buckets | None) -> tuple[Tensors, int]:
+        """A merged batch padded up to its bucket shape (zeros, see
+        :mod:`serving.batching.buckets`) and the candidate rows the outputs will have.
+        Without buckets, or for a layout without an index (a row-wise model's
+        ``max_batch_size`` is a hard limit that padding must not cross), the batch as
+        it is."""
+        return inputs, self.rows_of(inputs)
+
+    def unpad(self, outputs: Mapping[str, np.ndarray], padded: int,
+              rows: int) -> dict[str, np.ndarray]:
+        """The outputs of a padded batch without its padded rows, so they can never reach
+        an answer.
+
+        Raises:
+            BackendError: an output does not have one row per padded input row.
+        """
+        if padded == rows:
+            return dict(outputs)
+        _check_rows(outputs, padded)
+        return {name: value[:rows] for name, value in outputs.items()}
 
 
 @dataclass(frozen=True)
@@ -121,12 +147,21 @@ class CandidateLayout(Layout):
             merged[self.index] = np.concatenate(index_parts)
         return merged, sum(c.rows for c in chunks)
 
+    def pad(self, inputs: Tensors, buckets: Buckets | None) -> tuple[Tensors, int]:
+        rows = _leading(inputs, self.rows)
+        if buckets is None or self.index is None:
+            return inputs, rows
+        users = _leading(inputs, self.shared)
+        n, r = buckets.pad(rows, users)
+        if (n, r) == (rows, users):
+            return inputs, rows
+        padded = {name: _zero_padded(inputs[name], n) for name in (*self.rows, self.index)}
+        padded.update({name: _zero_padded(inputs[name], r) for name in self.shared})
+        return padded, n  # a padded candidate's index 0 points at the first user row
+
     def split(self, outputs: Mapping[str, np.ndarray], chunks: Sequence[Chunk],
               rows: int) -> list[Tensors]:
-        for name, value in outputs.items():
-            if value.ndim == 0 or value.shape[0] != rows:
-                raise BackendError(f"backend returned {value.shape} for output '{name}' "
-                                   f"of a batch of {rows} rows")
+        _check_rows(outputs, rows)
         parts = []
         offset = 0
         for chunk in chunks:
@@ -153,6 +188,23 @@ class WholeLayout(Layout):
     def split(self, outputs: Mapping[str, np.ndarray], chunks: Sequence[Chunk],
               rows: int) -> list[Tensors]:
         return [dict(outputs)]
+
+
+def _check_rows(outputs: Mapping[str, np.ndarray], rows: int) -> None:
+    for name, value in outputs.items():
+        if value.ndim == 0 or value.shape[0] != rows:
+            raise BackendError(f"backend returned {value.shape} for output '{name}' "
+                               f"of a batch of {rows} rows")
+
+
+def _zero_padded(array: np.ndarray, rows: int) -> np.ndarray:
+    """``array`` with zero rows appended up to ``rows`` (a fresh array: the request's
+    own tensors are never written)."""
+    if len(array) >= rows:
+        return array
+    out = np.zeros((rows, *array.shape[1:]), dtype=array.dtype)
+    out[:len(array)] = array
+    return out
 
 
 def _leading(inputs: Mapping[str, np.ndarray], names: Sequence[str]) -> int:

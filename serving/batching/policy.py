@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from serving.settings import default
+from serving.batching.buckets import Buckets
+from serving.settings import Settings, default
+
+WARMUP_ROWS = (1, 32, 256, 1024)
+"""Warm-up batch sizes (candidate rows, one user row) when there are no buckets."""
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,26 @@ class BatchPolicy:
     # send the answer: the larger of a fixed floor and a fraction of the request's budget.
     min_slack_s: float = 0.001
     slack_fraction: float = 0.1
+    buckets: Buckets | None = None
+    """Shape buckets every batch is padded up to (``None``: batches run at their shape)."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings, max_batch_size: int = 0) -> BatchPolicy:
+        """The policy the settings give a model whose ``max_batch_size`` (0: none) caps its
+        batches."""
+        mbs = max_batch_size or settings.batch_rows
+        return cls(batch_rows=min(settings.batch_rows, mbs),
+                   chunk_rows=min(settings.chunk_rows, mbs),
+                   max_wait_s=settings.max_wait_ms / 1e3,
+                   max_queue_rows=settings.max_queue_rows, batching=settings.batching,
+                   buckets=Buckets.of(settings.buckets, settings.user_buckets))
+
+    def warmup_shapes(self) -> list[tuple[int, int]]:
+        """``(candidate rows, user rows)`` shapes warm-up runs: every bucket shape a batch
+        can take, or, without buckets, a few typical sizes."""
+        if self.buckets is not None:
+            return self.buckets.shapes(self.batch_rows)
+        return [(rows, 1) for rows in WARMUP_ROWS if rows <= self.batch_rows]
 
 
 class Slots:

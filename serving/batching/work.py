@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -68,6 +68,8 @@ class Job:
     queue_s: float = 0.0
     backend_s: float = 0.0
     batch_rows: int = 0
+    trace: Any = None
+    """The submitting request's span context (tracing on): its batches link to it."""
 
     @property
     def started(self) -> bool:

@@ -19,6 +19,7 @@ from serving.gateway.dataplane import DataPlane
 from serving.gateway.keys import DATA_PLANE, METRICS, SETTINGS
 from serving.gateway.middleware import gateway_middleware
 from serving.settings import Settings
+from serving.telemetry import tracing
 from serving.telemetry.gpu import GpuCollector
 from serving.telemetry.metrics import Metrics
 
@@ -32,6 +33,7 @@ def create_app(settings: Settings, backend_factory: BackendFactory = build_backe
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[DATA_PLANE] = DataPlane(settings, metrics, backend_factory)
+    app.cleanup_ctx.append(_tracing)
     app.cleanup_ctx.append(_gpu_telemetry)
     app.cleanup_ctx.append(_data_plane)
     app.on_shutdown.append(_stop_being_ready)
@@ -52,6 +54,15 @@ async def _data_plane(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await plane.aclose()
+
+
+async def _tracing(app: web.Application) -> AsyncIterator[None]:
+    """OpenTelemetry from the OTEL_* environment (off unless set); flushed at shutdown.
+    A provider set already (a test's in-memory one) is left alone."""
+    configured = not tracing.enabled() and tracing.configure()
+    yield
+    if configured:
+        tracing.shutdown()
 
 
 async def _gpu_telemetry(app: web.Application) -> AsyncIterator[None]:

@@ -29,8 +29,9 @@ from pydantic import ValidationError
 
 from serving.errors import RankServeError
 from serving.gateway.app import create_app
-from serving.gateway.keys import DATA_PLANE
+from serving.gateway.keys import DATA_PLANE, METRICS
 from serving.gateway.workers import Supervisor, reload_requested_while_starting, worker_count
+from serving.rpc.server import RpcServer
 from serving.settings import Settings, masked, unknown_environment
 from serving.telemetry.logs import configure_logging
 
@@ -56,7 +57,7 @@ def _flag_type(annotation: Any) -> dict[str, Any]:
 
 # --help groups: the first group whose prefix (or name) a setting matches; else "other".
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("server", ("host", "port", "model_repository", "default_model", "workers",
+    ("server", ("host", "port", "grpc_", "model_repository", "default_model", "workers",
                 "shutdown_delay_s", "log_", "max_connections", "header_timeout_s",
                 "keepalive_timeout_s", "body_timeout_s")),
     ("backend (embedded ONNX Runtime)", ("backend", "providers", "require_providers",
@@ -158,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     configure_logging(settings.log_level, settings.log_format)
     problem = port_problem(settings.host, settings.port)
+    if problem is None and settings.grpc_enabled:
+        problem = port_problem(settings.host, settings.grpc_port, "grpc_port")
     if problem is not None:
         print(f"rankserve serve: {problem}", file=sys.stderr)
         return 1
@@ -182,7 +185,7 @@ def log_effective_settings(settings: Settings) -> None:
              extra={"settings": masked(settings)})
 
 
-def port_problem(host: str, port: int) -> str | None:
+def port_problem(host: str, port: int, setting: str = "port") -> str | None:
     """Why ``host:port`` cannot be listened on (in use, not allowed), in one line naming the
     setting; None when it can. Checked before any model loads, so a port clash costs no
     start-up and prints no traceback. Port 0 (any free port) always can."""
@@ -201,8 +204,9 @@ def port_problem(host: str, port: int) -> str | None:
             except OSError as e:
                 reason = ("already in use" if e.errno == errno.EADDRINUSE
                           else e.strerror or str(e))
-                return (f"cannot listen on {host}:{port}: {reason} (setting port: --port, "
-                        f"RANKSERVE_PORT; host: --host)")
+                flag = setting.replace("_", "-")
+                return (f"cannot listen on {host}:{port}: {reason} (setting {setting}: "
+                        f"--{flag}, RANKSERVE_{setting.upper()}; host: --host)")
     return None
 
 
@@ -228,13 +232,20 @@ async def serve(settings: Settings, reuse_port: bool = False) -> None:
                            shutdown_timeout=SHUTDOWN_TIMEOUT_S, **connection_options(settings))
     await runner.setup()
     limit_connections(runner, connection_cap(settings.max_connections, fd_limit))
+    rpc = RpcServer(app[DATA_PLANE], settings, app[METRICS]) if settings.grpc_enabled else None
     try:
         site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True,
                            reuse_port=reuse_port or None)
         await site.start()
         addresses = [f"http://{a[0]}:{a[1]}" for a in runner.addresses]
-        log.info("listening on %s", ", ".join(addresses),
-                 extra={"addresses": addresses, "backend": settings.backend,
+        grpc_address = None
+        if rpc is not None:  # same data plane; stopped before it drains (finally below)
+            await rpc.start(reuse_port)
+            grpc_address = f"grpc://{rpc.address}"
+        shown = addresses + ([grpc_address] if grpc_address else [])
+        log.info("listening on %s", ", ".join(shown),
+                 extra={"addresses": addresses, "grpc_address": grpc_address,
+                        "backend": settings.backend,
                         "model_repository": str(settings.model_repository)})
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -250,6 +261,8 @@ async def serve(settings: Settings, reuse_port: bool = False) -> None:
                  "in-flight requests and draining the batchers", settings.shutdown_delay_s)
         await asyncio.sleep(settings.shutdown_delay_s)
     finally:
+        if rpc is not None:  # in-flight calls finish while the batchers still run
+            await rpc.stop(SHUTDOWN_TIMEOUT_S)
         await runner.cleanup()
 
 

@@ -30,6 +30,7 @@ from serving.rollout.controller import Rollout
 from serving.rollout.generation import Generation, Served
 from serving.rollout.shadow import ShadowScorer
 from serving.settings import Settings
+from serving.telemetry import tracing
 from serving.telemetry.metrics import Metrics, served_var
 
 log = logging.getLogger(__name__)
@@ -179,13 +180,15 @@ class DataPlane:
             ranker.encoder.refuse_unknown(request.user, request.context, request.candidates)
         batcher = served.batcher
         batcher.admit(request.n, deadline, self._encode_s_per_row * request.n)
-        tensors = ranker.encode(request)
+        with tracing.span("encode", {"rankserve.candidates": request.n}):
+            tensors = ranker.encode(request)
         encoded = loop.time()
         self._encode_s_per_row += 0.05 * ((encoded - started) / request.n
                                           - self._encode_s_per_row)
         with generation.using():  # held until the shadow task holds it too
             result = await batcher.submit(tensors, deadline)
-            ranked = ranker.rank(request, result.outputs, weights, shown, result.degraded)
+            with tracing.span("rank"):
+                ranked = ranker.rank(request, result.outputs, weights, shown, result.degraded)
             ranked.ignored = ignored
             ranked.timings.update(queue_ms=round(result.queue_s * 1e3, 3),
                                   backend_ms=round(result.backend_s * 1e3, 3),

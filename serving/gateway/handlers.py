@@ -8,6 +8,7 @@ to the middleware.
 from __future__ import annotations
 
 import os
+import time
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -16,6 +17,7 @@ from serving.errors import NotFound, Unavailable, UnsupportedMediaType
 from serving.gateway import rank_codec
 from serving.gateway.keys import DATA_PLANE, METRICS, REQUEST_ID, SETTINGS
 from serving.gateway.rules import deadline, parse_json, read_body
+from serving.telemetry import tracing
 from serving.telemetry.logs import request_id_var
 from serving.wire import columns as columns_codec
 
@@ -23,8 +25,10 @@ JSON_TYPES = frozenset({"application/json", "text/json", ""})
 
 
 async def rank(request: web.Request) -> web.Response:
-    """``POST /v1/rank``: rank one user's candidates (JSON or binary columns)."""
+    """``POST /v1/rank``: rank one user's candidates (JSON or binary columns, either way;
+    the answer is binary columns when ``Accept`` asks for them, else JSON)."""
     settings = request.app[SETTINGS]
+    decoding = time.monotonic()
     body = await read_body(request)
     if request.content_type == columns_codec.CONTENT_TYPE:
         document, columns = columns_codec.decode(body)
@@ -37,10 +41,14 @@ async def rank(request: web.Request) -> web.Response:
             f"or {columns_codec.CONTENT_TYPE}", field="Content-Type")
     parsed = rank_codec.to_rank_request(document, max_candidates=settings.max_candidates,
                                         max_budget_ms=settings.max_budget_ms)
+    tracing.record("decode", decoding, decoded := time.monotonic(), decoded)
     if parsed.request_id is not None:
         request[REQUEST_ID] = parsed.request_id
         request_id_var.set(parsed.request_id)
     result = await request.app[DATA_PLANE].rank(parsed, deadline(request, parsed.budget_ms))
+    if rank_codec.wants_columns(request.headers.get("Accept", "")):
+        return web.Response(body=rank_codec.encode_response_columns(result, request[REQUEST_ID]),
+                            content_type=columns_codec.CONTENT_TYPE)
     return web.Response(body=rank_codec.encode_response(result, request[REQUEST_ID]),
                         content_type="application/json")
 

@@ -1,8 +1,10 @@
 """The one middleware: request id, auth, error mapping, latency metric and access log.
 
 Every :class:`~serving.errors.RankServeError` becomes ``{"error": {"code", "message",
-"field"}, "request_id"}`` with the error's own status; routing errors (unknown path, wrong
-method) get the same shape; anything unexpected is a 500 whose body says nothing about
+"field"}, "request_id"}`` with the error's own status; under ``/v2`` it takes the KServe v2
+shape instead, ``{"error": "<message>", "code", "field", "request_id"}`` (the protocol's
+string, which ``tritonclient`` formats; the rest as extra keys); routing errors (unknown
+path, wrong method) get the same shapes; anything unexpected is a 500 whose body says nothing about
 internals (the traceback goes to the log, with the request id).
 """
 
@@ -27,6 +29,8 @@ from serving.errors import (
 )
 from serving.gateway.keys import ARRIVAL, METRICS, REQUEST_ID, SETTINGS
 from serving.gateway.rules import check_bearer, valid_request_id
+from serving.gateway.v2_handlers import OPEN_PATHS
+from serving.telemetry import tracing
 from serving.telemetry.logs import request_id_var
 from serving.telemetry.metrics import served_var, status_class
 
@@ -39,8 +43,14 @@ SHEDDING = frozenset({429, 503, 504, STATUS_CLIENT_CLOSED})
 """Expected outcomes under overload: counted by metrics, logged only at DEBUG."""
 
 
-def error_response(error: RankServeError, request_id: str) -> web.Response:
-    body = orjson.dumps({"error": error.to_dict(), "request_id": request_id})
+def error_response(error: RankServeError, request_id: str, kserve: bool = False
+                   ) -> web.Response:
+    """The error's JSON answer; ``kserve``: the KServe v2 shape (``/v2`` paths)."""
+    if kserve:
+        extra = {k: v for k, v in error.to_dict().items() if k != "message"}
+        body = orjson.dumps({"error": error.message, **extra, "request_id": request_id})
+    else:
+        body = orjson.dumps({"error": error.to_dict(), "request_id": request_id})
     response = web.Response(body=body, status=error.status, content_type="application/json")
     if isinstance(error, Overloaded):
         response.headers["Retry-After"] = str(int(max(1.0, error.retry_after_s)))
@@ -60,7 +70,7 @@ def _from_http(e: web.HTTPException) -> RankServeError:
 def _check_auth(request: web.Request) -> None:
     """The traffic bearer token on /v1 and /v2 (probes and /admin are not covered)."""
     token = request.app[SETTINGS].auth_token
-    if token and request.path.startswith(PROTECTED):
+    if token and request.path.startswith(PROTECTED) and request.path not in OPEN_PATHS:
         check_bearer(request, token, Unauthorized)
 
 
@@ -77,7 +87,10 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         try:
             _check_auth(request)
-            response = await handler(request)
+            with tracing.request_span(f"{request.method} {_route(request)}", request.headers,
+                                      {"http.request.method": request.method}) as span:
+                response = await handler(request)
+                tracing.set_status(span, response.status)
         except RankServeError as e:
             response = _error(e, request)
         except web.HTTPException as e:
@@ -89,8 +102,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         response.headers["X-Request-Id"] = request[REQUEST_ID]
         return response
     finally:
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
+        route = _route(request)
         elapsed = loop.time() - arrival
         model, version = served_var.get() or ("", "")
         served_var.reset(served_token)
@@ -101,6 +113,12 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         request_id_var.reset(token)
 
 
+def _route(request: web.Request) -> str:
+    """The matched route's pattern (bounded cardinality: metrics and span names)."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
 def _error(error: RankServeError, request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     if isinstance(error, Overloaded):
@@ -109,7 +127,7 @@ def _error(error: RankServeError, request: web.Request) -> web.Response:
         metrics.deadline_exceeded.inc()
     if error.status >= 500 and error.status not in SHEDDING:
         log.warning("%s: %s", error.code, error.message)
-    return error_response(error, request[REQUEST_ID])
+    return error_response(error, request[REQUEST_ID], kserve=request.path.startswith("/v2"))
 
 
 def _access_level(status: int) -> int:

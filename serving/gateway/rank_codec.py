@@ -20,6 +20,7 @@ from serving.errors import BadRequest, InvalidFeature, MissingFeature, PayloadTo
 from serving.gateway.rules import MAX_REQUEST_ID, parse_budget, valid_request_id
 from serving.ranking.features import columns_from_rows
 from serving.ranking.ranker import RankRequest, RankResult
+from serving.wire import columns as columns_codec
 
 FIELDS = frozenset({"request_id", "model", "user", "context", "history", "candidates",
                     "top_k", "budget_ms", "weights", "return_tasks"})
@@ -27,6 +28,8 @@ MAX_OBJECT_FIELDS = 1024
 """Most keys in ``user`` or ``context``: a few dozen are features, the rest are ignored, and
 each one costs work per request (the encoder copies the object), so past this the request
 is refused before any of that work."""
+PROBS_PREFIX = "probs."
+"""Binary responses name each task's probability column ``probs.<task>``."""
 
 
 def _object(doc: Mapping[str, Any], name: str, required: bool) -> dict[str, Any]:
@@ -57,14 +60,7 @@ def _candidates(doc: Mapping[str, Any], max_candidates: int) -> tuple[Mapping[st
                                   field="candidates")
         columns: Mapping[str, Any] = columns_from_rows(raw, "item")
     elif isinstance(raw, dict):
-        ids = raw.get("video_id")
-        if ids is None:
-            raise MissingFeature("required feature 'candidates.video_id' is missing",
-                                 field="candidates.video_id")
-        if not isinstance(ids, (list, np.ndarray)):
-            raise InvalidFeature("'candidates.video_id' must be a list",
-                                 field="candidates.video_id")
-        n, columns = len(ids), raw
+        n, columns = _column_rows(raw), raw
     else:
         raise BadRequest("'candidates' must be a list of objects or an object of columns",
                          field="candidates")
@@ -74,6 +70,23 @@ def _candidates(doc: Mapping[str, Any], max_candidates: int) -> tuple[Mapping[st
         raise PayloadTooLarge(f"{n} candidates; at most {max_candidates} per request",
                               field="candidates")
     return columns, n
+
+
+def _column_rows(columns: Mapping[str, Any]) -> int:
+    """The candidate count of a columnar body: every column's length, which must agree
+    (which columns the model needs, its candidate id among them, is the encoder's check)."""
+    n = None
+    for name, column in columns.items():
+        if isinstance(column, (str, bytes, dict)) or not hasattr(column, "__len__"):
+            raise InvalidFeature(f"'candidates.{name}' must be a list",
+                                 field=f"candidates.{name}")
+        if n is None:
+            n = len(column)
+        elif len(column) != n:
+            raise InvalidFeature(f"'candidates.{name}' has {len(column)} values, "
+                                 f"'candidates.{next(iter(columns))}' {n}: every column "
+                                 f"needs one per candidate", field=f"candidates.{name}")
+    return n or 0
 
 
 def _positive_int(doc: Mapping[str, Any], name: str) -> int | None:
@@ -114,23 +127,59 @@ def to_rank_request(doc: Mapping[str, Any], *, max_candidates: int,
         request_id=request_id)
 
 
-def encode_response(result: RankResult, request_id: str) -> bytes:
-    """The ``/v1/rank`` response body (see docs/api.md).
-
-    Probabilities are widened to float64 before serialising so each JSON number is exactly
-    the model's float32 value.
-    """
-    body = {
+def _head(result: RankResult, request_id: str) -> dict[str, Any]:
+    """What every response encoding carries besides the ranked arrays."""
+    head: dict[str, Any] = {
         "request_id": request_id,
         "model": {"name": result.model.name, "version": result.model.version},
         "degraded": result.degraded,
-        result.id_field: np.ascontiguousarray(result.ids),
-        "score": np.ascontiguousarray(result.scores),
         "timings": result.timings,
     }
     if result.ignored:
-        body["ignored_features"] = result.ignored
+        head["ignored_features"] = result.ignored
+    return head
+
+
+def encode_response(result: RankResult, request_id: str) -> bytes:
+    """The ``/v1/rank`` JSON response body (see docs/api.md).
+
+    The arrays go to orjson as numpy arrays (no Python object per candidate).
+    Probabilities are widened to float64 before serialising so each JSON number is exactly
+    the model's float32 value.
+    """
+    body = _head(result, request_id)
+    body[result.id_field] = np.ascontiguousarray(result.ids)
+    body["score"] = np.ascontiguousarray(result.scores)
     if result.probs:
         body["probs"] = {task: np.ascontiguousarray(p, dtype=np.float64)
                          for task, p in result.probs.items()}
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def encode_response_columns(result: RankResult, request_id: str) -> bytes:
+    """The ``/v1/rank`` response in the binary column encoding (``Accept:
+    application/x-rankserve-columns``; layout in :mod:`serving.wire.columns`): the ranked
+    ids, scores and probabilities as raw little-endian arrays (probabilities as the
+    model's float32, exact), each column ``probs.<task>``."""
+    columns: dict[str, np.ndarray] = {result.id_field: result.ids, "score": result.scores}
+    columns.update({f"{PROBS_PREFIX}{task}": p for task, p in result.probs.items()})
+    return columns_codec.encode(_head(result, request_id), columns)
+
+
+def wants_columns(accept: str) -> bool:
+    """Whether an ``Accept`` header asks for the binary column encoding (listed with a
+    ``q`` above 0); anything else gets JSON."""
+    for media_range in accept.split(","):
+        kind, _, params = media_range.partition(";")
+        if kind.strip().lower() != columns_codec.CONTENT_TYPE:
+            continue
+        q = 1.0
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        return q > 0
+    return False

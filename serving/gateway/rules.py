@@ -52,6 +52,8 @@ async def read_body(request: web.Request) -> bytes:
         raise PayloadTooLarge(f"body of {request.content_length} bytes; the limit is {limit}",
                               field="body")
     try:
+        if request.content.is_eof():  # all of it has arrived: reading cannot stall, and
+            return await request.read()  # skipping wait_for saves a task per request
         return await asyncio.wait_for(request.read(), settings.body_timeout_s)
     except asyncio.TimeoutError:  # a slow body, or a chunked one that never ends
         raise BadRequest(f"the body did not arrive within {settings.body_timeout_s:g} s",
@@ -132,7 +134,17 @@ def check_bearer(request: web.Request, token: str, wrong: type[RankServeError]) 
         Unauthorized: the header is absent (``wrong`` itself when that is Unauthorized).
         ``wrong``: the header does not carry ``token``.
     """
-    presented = request.headers.get("Authorization", "")
+    check_bearer_value(request.headers.get("Authorization", ""), token, wrong)
+
+
+def check_bearer_value(presented: str, token: str, wrong: type[RankServeError]) -> None:
+    """:func:`check_bearer` on an ``Authorization`` value from any transport (HTTP
+    headers, gRPC ``authorization`` metadata): one comparison for both.
+
+    Raises:
+        Unauthorized: ``presented`` is empty (``wrong`` itself when that is Unauthorized).
+        ``wrong``: ``presented`` does not carry ``token``.
+    """
     if compare_digest(_utf8(presented), _utf8(f"Bearer {token}")):
         return
     if not presented or wrong is Unauthorized:
@@ -166,7 +178,16 @@ def path_version(request: web.Request) -> int | None:
     Raises:
         NotFound: the segment is not a version number (no model version has that name).
     """
-    text = request.match_info.get("version")
+    return version_in_path(request.match_info.get("version"))
+
+
+def version_in_path(text: str | None) -> int | None:
+    """A version named where a model is addressed (a path segment, gRPC's
+    ``model_version``), or None when empty: the default version.
+
+    Raises:
+        NotFound: not a version number (no model version has that name).
+    """
     if not text:
         return None
     version = parse_version(text)

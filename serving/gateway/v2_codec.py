@@ -7,6 +7,11 @@ in ``Inference-Header-Content-Length`` and each binary input says its size in
 little-endian bytes. This is what ``tritonclient.http`` speaks, so it works unchanged.
 Every tensor is checked against the model's config (name, datatype, shape) before any
 work is queued, and errors name the input.
+
+The tensor rules themselves (:func:`check_tensor`, :func:`from_bytes`, :func:`from_values`,
+:func:`check_inputs`, :func:`check_size`, :func:`check_outputs`) are transport-neutral: the
+KServe v2 gRPC service (:mod:`serving.rpc.kserve`) decodes ``ModelInferRequest`` with the
+same functions, so HTTP and gRPC accept and refuse exactly the same tensors.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ from typing import Any
 import numpy as np
 import orjson
 
-from serving.errors import BadRequest
+from serving.batching.layout import CandidateLayout, layout_for
+from serving.errors import BadRequest, NotFound, PayloadTooLarge
 from serving.gateway.rules import parse_count, parse_json
 from serving.repository.served import ServedModel
 from serving.repository.tensors import TensorSpec
+from serving.settings import Settings
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 JSON_TYPES: dict[str, frozenset[type]] = {
@@ -67,20 +74,11 @@ def decode(body: bytes, header_length: str | None, model: ServedModel) -> InferR
     offset = 0
     for i, entry in enumerate(entries):
         name, tensor, offset = _decode_input(entry, i, specs, binary, offset, len(body))
-        if name in inputs:
-            raise BadRequest(f"input '{name}' is given twice", field=f"inputs.{name}")
-        inputs[name] = tensor
+        add_input(inputs, name, tensor)
     if offset != len(binary):
         raise BadRequest(f"binary data holds {len(binary)} bytes but the inputs use {offset}",
                          field="inputs")
-    limit = model.max_batch_size
-    for name, tensor in inputs.items():
-        if limit > 0 and tensor.shape[0] > limit:
-            raise BadRequest(f"'{name}' has batch size {tensor.shape[0]}; the model's "
-                             f"max_batch_size is {limit}", field=f"inputs.{name}")
-    missing = [name for name in specs if name not in inputs]
-    if missing:
-        raise BadRequest(f"missing input '{missing[0]}'", field=f"inputs.{missing[0]}")
+    check_inputs(inputs, model)
     parameters = _parameters(doc, "parameters")
     request_id = doc.get("id")
     return InferRequest(inputs, _requested_outputs(doc, model, parameters),
@@ -131,13 +129,41 @@ def _decode_input(entry: Any, i: int, specs: Mapping[str, TensorSpec], binary: b
         raise BadRequest(f"'inputs[{i}]' must be an object with a name", field=f"inputs[{i}]")
     name = entry["name"]
     where = f"inputs.{name}"
+    spec, shape = check_tensor(specs, name, entry.get("datatype"), entry.get("shape"),
+                               body_size)
+    size = _parameters(entry, f"{where}.parameters").get("binary_data_size")
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise BadRequest(f"'{name}' binary_data_size must be an integer",
+                             field=f"{where}.parameters.binary_data_size")
+        if offset + size > len(binary):
+            raise BadRequest(f"'{name}' binary_data_size does not match its shape or the body",
+                             field=where)
+        data = from_bytes(spec, binary[offset:offset + size], shape, name)
+        return name, data, offset + size
+    return name, from_values(entry.get("data"), spec, name, shape), offset
+
+
+def check_tensor(specs: Mapping[str, TensorSpec], name: str, datatype: Any, shape: Any,
+                 max_values: int) -> tuple[TensorSpec, list[int]]:
+    """The spec of input ``name`` and its validated shape (HTTP and gRPC alike).
+
+    ``max_values`` bounds the element count before anything is allocated: every value
+    takes at least one byte of the request, so a shape with more values than the request
+    has bytes is refused.
+
+    Raises:
+        BadRequest: unknown input, wrong datatype, a shape that is not a list of
+            non-negative integers, does not match the model's, or holds more values than
+            the request could carry; the field names the input.
+    """
+    where = f"inputs.{name}"
     spec = specs.get(name)
     if spec is None:
         raise BadRequest(f"model has no input '{name}'", field=where)
-    if entry.get("datatype") != spec.dtype:
-        raise BadRequest(f"'{name}' must have datatype {spec.dtype}, got "
-                         f"{entry.get('datatype')!r}", field=where)
-    shape = entry.get("shape")
+    if datatype != spec.dtype:
+        raise BadRequest(f"'{name}' must have datatype {spec.dtype}, got {datatype!r}",
+                         field=where)
     if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise BadRequest(f"'{name}' shape must be a list of non-negative integers", field=where)
@@ -145,29 +171,96 @@ def _decode_input(entry: Any, i: int, specs: Mapping[str, TensorSpec], binary: b
                                             for d, w in zip(shape, spec.shape, strict=True)):
         raise BadRequest(f"'{name}' has shape {shape}; the model takes {list(spec.shape)}",
                          field=where)
-    count = math.prod(shape)  # exact: no int64 overflow
-    if count > body_size:  # every value takes at least one byte of the body
+    if math.prod(shape) > max_values:  # exact: no int64 overflow
         raise BadRequest(f"'{name}' has shape {shape}: more values than the body holds",
                          field=where)
-    size = _parameters(entry, f"{where}.parameters").get("binary_data_size")
-    if size is not None:
-        if isinstance(size, bool) or not isinstance(size, int):
-            raise BadRequest(f"'{name}' binary_data_size must be an integer",
-                             field=f"{where}.parameters.binary_data_size")
-        if size != count * spec.numpy_dtype.itemsize or offset + size > len(binary):
-            raise BadRequest(f"'{name}' binary_data_size does not match its shape or the body",
-                             field=where)
-        data = np.frombuffer(binary, dtype=spec.numpy_dtype.newbyteorder("<"), count=count,
-                             offset=offset).astype(spec.numpy_dtype, copy=False)
-        _check_finite(data, name)
-        return name, data.reshape(shape), offset + size
-    data = _json_data(entry.get("data"), spec, name, shape)
-    return name, data.reshape(shape), offset
+    return spec, shape
 
 
-def _json_data(values: Any, spec: TensorSpec, name: str, shape: list[int]) -> np.ndarray:
-    """A tensor's JSON ``data``: its values in row-major order, as one flat list or as
-    lists nested exactly as its shape (``[[1, 2], [3, 4]]`` for ``[2, 2]``).
+def from_bytes(spec: TensorSpec, raw: bytes, shape: list[int], name: str) -> np.ndarray:
+    """A tensor from raw little-endian bytes (the binary extension, gRPC's
+    ``raw_input_contents``).
+
+    Raises:
+        BadRequest: the byte count does not match the shape, or a float is not finite.
+    """
+    count = math.prod(shape)
+    if len(raw) != count * spec.numpy_dtype.itemsize:
+        raise BadRequest(f"'{name}' binary_data_size does not match its shape or the body",
+                         field=f"inputs.{name}")
+    data = np.frombuffer(raw, dtype=spec.numpy_dtype.newbyteorder("<"), count=count
+                         ).astype(spec.numpy_dtype, copy=False)
+    _check_finite(data, name)
+    return data.reshape(shape)
+
+
+def add_input(inputs: dict[str, np.ndarray], name: str, tensor: np.ndarray) -> None:
+    """Add a decoded input, refusing a name given twice.
+
+    Raises:
+        BadRequest: ``name`` is already in ``inputs``.
+    """
+    if name in inputs:
+        raise BadRequest(f"input '{name}' is given twice", field=f"inputs.{name}")
+    inputs[name] = tensor
+
+
+def check_inputs(inputs: Mapping[str, np.ndarray], model: ServedModel) -> None:
+    """Every input of ``model`` present, none past its ``max_batch_size``.
+
+    Raises:
+        BadRequest: naming the first input that is missing or too large.
+    """
+    limit = model.max_batch_size
+    for name, tensor in inputs.items():
+        if limit > 0 and tensor.shape[0] > limit:
+            raise BadRequest(f"'{name}' has batch size {tensor.shape[0]}; the model's "
+                             f"max_batch_size is {limit}", field=f"inputs.{name}")
+    missing = [t.name for t in model.inputs if t.name not in inputs]
+    if missing:
+        raise BadRequest(f"missing input '{missing[0]}'", field=f"inputs.{missing[0]}")
+
+
+def check_size(model: ServedModel, inputs: Mapping[str, np.ndarray],
+               settings: Settings) -> None:
+    """The per-request limits ``/v1/rank`` has, counted the way the batcher counts rows:
+    at most ``max_candidates`` candidate rows (a model's batch rows) and ``max_user_rows``
+    user rows, and at least one row (a request with none is not sent to the model).
+
+    Raises:
+        PayloadTooLarge: past either limit, naming the input.
+        BadRequest: the tensors' rows are inconsistent, or there are none.
+    """
+    layout = layout_for(model)
+    rows, users = layout.rows_of(inputs), layout.user_rows_of(inputs)
+    row_input = user_input = model.inputs[0].name
+    if isinstance(layout, CandidateLayout):
+        row_input, user_input = layout.rows[0], (layout.shared or layout.rows)[0]
+    if rows > settings.max_candidates:
+        raise PayloadTooLarge(f"'{row_input}' has {rows} rows; at most "
+                              f"{settings.max_candidates} per request", field=f"inputs.{row_input}")
+    if users > settings.max_user_rows:
+        raise PayloadTooLarge(f"'{user_input}' has {users} user rows; at most "
+                              f"{settings.max_user_rows} per request", field=f"inputs.{user_input}")
+    if rows == 0:
+        raise BadRequest(f"'{row_input}' has no rows to score", field=f"inputs.{row_input}")
+
+
+def check_outputs(requested: Mapping[str, Any], produced: Mapping[str, np.ndarray]) -> None:
+    """Every requested output was produced by the model.
+
+    Raises:
+        NotFound: naming the first one missing.
+    """
+    missing = [name for name in requested if name not in produced]
+    if missing:
+        raise NotFound(f"the model produced no output '{missing[0]}'", field="outputs")
+
+
+def from_values(values: Any, spec: TensorSpec, name: str, shape: list[int]) -> np.ndarray:
+    """A tensor from listed values (JSON ``data``; gRPC typed ``contents``) in row-major
+    order, as one flat list or as lists nested exactly as its shape (``[[1, 2], [3, 4]]``
+    for ``[2, 2]``).
 
     Raises:
         BadRequest: not a list, nested other than the shape, values of another type
@@ -192,7 +285,7 @@ def _json_data(values: Any, spec: TensorSpec, name: str, shape: list[int]) -> np
         raise BadRequest(f"'{name}' has {data.size} values for {count} in its shape",
                          field=where)
     _check_finite(data, name)
-    return data
+    return data.reshape(shape)
 
 
 def _flatten(values: list[Any], shape: list[int], name: str) -> list[Any]:

@@ -1,26 +1,36 @@
-"""KServe v2 / Triton HTTP protocol handlers under ``/v2``: translation only."""
+"""KServe v2 / Triton HTTP protocol handlers under ``/v2``: translation only.
+
+Errors under ``/v2`` take the protocol's shape, ``{"error": "<message>"}``, with the stable
+code, the field and the request id as extra keys (:mod:`serving.gateway.middleware`);
+``/v2/health/*`` is open when auth is on, like ``/healthz``. The statistics extension is not
+served: it is absent from the server metadata's ``extensions``, and its paths say so
+instead of looking up a model named ``stats``.
+"""
 
 from __future__ import annotations
 
 from importlib import metadata
 from typing import Any
 
-import numpy as np
 from aiohttp import web
 from google.protobuf import json_format
 
-from serving.batching.layout import CandidateLayout, layout_for
-from serving.errors import BadRequest, NotFound, PayloadTooLarge, Unavailable
+from serving.errors import NotFound, Unavailable
 from serving.gateway import v2_codec
 from serving.gateway.keys import DATA_PLANE, SETTINGS
 from serving.gateway.rules import deadline, parse_budget, path_version, read_body
 from serving.repository.served import ServedModel
-from serving.settings import Settings
 
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+"""What the server metadata lists; ``statistics`` and ``model_repository`` are not served."""
+OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+"""Probes that need no bearer token (as ``/healthz`` and ``/readyz``)."""
+STATISTICS_UNSUPPORTED = ("the statistics extension is not supported by rankserve (the "
+                          "server metadata lists its extensions); use /metrics")
 
 
-def _version() -> str:
+def server_version() -> str:
+    """rankserve's package version (the server metadata's ``version``)."""
     try:
         return metadata.version("rankserve")
     except metadata.PackageNotFoundError:
@@ -32,7 +42,7 @@ def _model(request: web.Request) -> ServedModel:
 
 
 async def server_metadata(request: web.Request) -> web.Response:
-    return web.json_response({"name": "rankserve", "version": _version(),
+    return web.json_response({"name": "rankserve", "version": server_version(),
                               "extensions": EXTENSIONS})
 
 
@@ -76,40 +86,19 @@ async def infer(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     body = await read_body(request)
     decoded = v2_codec.decode(body, request.headers.get(v2_codec.HEADER_LENGTH), model)
-    check_size(model, decoded.inputs, settings)
+    v2_codec.check_size(model, decoded.inputs, settings)
     timeout_ms = None if decoded.timeout_us is None else decoded.timeout_us / 1e3
     budget_ms = parse_budget(timeout_ms, "parameters.timeout", settings.max_budget_ms)
     result = await request.app[DATA_PLANE].infer(model, decoded.inputs,
                                                  deadline(request, budget_ms))
-    missing = [name for name in decoded.outputs if name not in result.outputs]
-    if missing:
-        raise NotFound(f"the model produced no output '{missing[0]}'", field="outputs")
+    v2_codec.check_outputs(decoded.outputs, result.outputs)
     body, headers = v2_codec.encode(model, result.outputs, decoded)
     return web.Response(body=body, headers=headers)
 
 
-def check_size(model: ServedModel, inputs: dict[str, np.ndarray], settings: Settings) -> None:
-    """The per-request limits ``/v1/rank`` has, counted the way the batcher counts rows:
-    at most ``max_candidates`` candidate rows (a model's batch rows) and ``max_user_rows``
-    user rows, and at least one row (a request with none is not sent to the model).
-
-    Raises:
-        PayloadTooLarge: past either limit, naming the input.
-        BadRequest: the tensors' rows are inconsistent, or there are none.
-    """
-    layout = layout_for(model)
-    rows, users = layout.rows_of(inputs), layout.user_rows_of(inputs)
-    row_input = user_input = model.inputs[0].name
-    if isinstance(layout, CandidateLayout):
-        row_input, user_input = layout.rows[0], (layout.shared or layout.rows)[0]
-    if rows > settings.max_candidates:
-        raise PayloadTooLarge(f"'{row_input}' has {rows} rows; at most "
-                              f"{settings.max_candidates} per request", field=f"inputs.{row_input}")
-    if users > settings.max_user_rows:
-        raise PayloadTooLarge(f"'{user_input}' has {users} user rows; at most "
-                              f"{settings.max_user_rows} per request", field=f"inputs.{user_input}")
-    if rows == 0:
-        raise BadRequest(f"'{row_input}' has no rows to score", field=f"inputs.{row_input}")
+async def statistics(request: web.Request) -> web.Response:
+    """``GET /v2/models[/{model}[/versions/{version}]]/stats``: not served (see module)."""
+    raise NotFound(STATISTICS_UNSUPPORTED, field="path")
 
 
 def add_routes(app: web.Application) -> None:
@@ -117,8 +106,10 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v2", server_metadata)
     app.router.add_get("/v2/health/live", server_live)
     app.router.add_get("/v2/health/ready", server_ready)
+    app.router.add_get("/v2/models/stats", statistics)  # before /v2/models/{model}
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         app.router.add_get(prefix, model_metadata)
         app.router.add_get(prefix + "/ready", model_ready)
         app.router.add_get(prefix + "/config", model_config)
+        app.router.add_get(prefix + "/stats", statistics)
         app.router.add_post(prefix + "/infer", infer)

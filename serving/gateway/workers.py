@@ -97,7 +97,10 @@ class Supervisor:
 
     def __init__(self, settings: Settings, count: int) -> None:
         port = settings.port or _reserve_port(settings.host)
-        self.settings = settings.model_copy(update={"port": port, "workers": 1})
+        grpc_port = settings.grpc_port or (_reserve_port(settings.host)
+                                           if settings.grpc_enabled else 0)
+        self.settings = settings.model_copy(update={"port": port, "grpc_port": grpc_port,
+                                                    "workers": 1})
         self.count = count
         self._context = multiprocessing.get_context("spawn")
         self._workers: dict[int, multiprocessing.context.SpawnProcess] = {}

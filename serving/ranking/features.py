@@ -45,14 +45,15 @@ Columns = Mapping[str, Any]
 
 Side = Literal["user", "context", "item", "candidate"]
 
-# The tensor names the schema rule gives a schema with an id, categoricals and numerics on
-# both sides and one id sequence called ``history`` (feed_ranker's); a model's own names
-# come from ``FeatureEncoder.schema.inputs()``.
+# The group tensors' names by the schema's rule (``<group>_id``, ``<group>_cat``,
+# ``<group>_num``; ``Schema.inputs``), and ``history``, the sequence a /v1/rank body's
+# top-level field fills. A model's own inputs are ``schema.inputs()`` /
+# ``schema.batch_inputs()``; ``USER_INPUTS``, ``ITEM_INPUTS`` and ``MODEL_INPUTS`` (below,
+# derived lazily by that rule from feed_ranker's schema file) are the inputs of every schema
+# with an id, categoricals and numerics on both sides and one sequence ``history``: what
+# ``serving.train.model.FeedRanker`` takes, in its argument order.
 USER_ID, USER_CAT, USER_NUM, HISTORY = "user_id", "user_cat", "user_num", "history"
 ITEM_ID, ITEM_CAT, ITEM_NUM = "item_id", "item_cat", "item_num"
-USER_INPUTS = (USER_ID, USER_CAT, USER_NUM, HISTORY)
-ITEM_INPUTS = (ITEM_ID, ITEM_CAT, ITEM_NUM)
-MODEL_INPUTS = (*USER_INPUTS, *ITEM_INPUTS, ITEM_TO_USER)
 __all__ = ["ITEM_TO_USER", "PROBS", "FeatureEncoder", "NumericStats", "Vocabulary",
            "columns_from_rows"]
 
@@ -477,6 +478,8 @@ def _legacy_constants() -> dict[str, Any]:
         "ITEM_ID_SPEC": cat(schema.group_features("item", "id")[0]),
         "HISTORY_LENGTH": schema.feature(HISTORY).length,
     }
+    users, items, index = schema.batch_inputs()
+    out.update(USER_INPUTS=users, ITEM_INPUTS=items, MODEL_INPUTS=(*users, *items, index))
     out["ALL_CATEGORICAL"] = (out["USER_ID_SPEC"], out["ITEM_ID_SPEC"],
                               *out["USER_CATEGORICAL"], *out["ITEM_CATEGORICAL"])
     out["ALL_NUMERIC"] = (*out["USER_NUMERIC"], *out["ITEM_NUMERIC"])
@@ -489,7 +492,7 @@ _LEGACY: dict[str, Any] = {}
 def __getattr__(name: str) -> Any:
     if name in {"USER_CATEGORICAL", "ITEM_CATEGORICAL", "USER_NUMERIC", "ITEM_NUMERIC",
                 "USER_ID_SPEC", "ITEM_ID_SPEC", "HISTORY_LENGTH", "ALL_CATEGORICAL",
-                "ALL_NUMERIC"}:
+                "ALL_NUMERIC", "USER_INPUTS", "ITEM_INPUTS", "MODEL_INPUTS"}:
         if not _LEGACY:
             _LEGACY.update(_legacy_constants())
         return _LEGACY[name]

@@ -5,7 +5,10 @@ A group's numerics (all user-side, or all candidate-side) are gathered into one 
 dozen per feature. Missing values (absent column, ``None``, ``NaN``) take the feature's
 default (the training median unless the schema gives a number); ``+-inf`` is an error.
 Transforms (``schema.NUMERIC_TRANSFORMS``): ``log1p_standardize`` (clip at 0, ``log1p``,
-standardise with the training mean and std), ``standardize``, ``log1p``, ``identity``.
+standardise with the training mean and std), ``standardize``, ``log1p``, ``identity``,
+``clip`` (clip to the feature's ``bounds``, then standardise) and ``bucketize`` (the index
+``0..len(boundaries)`` of the bucket the value falls in, a bucket holding its lower
+boundary; not standardised).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from serving.ranking.lookup import as_float_column
 from serving.repository.schema import Feature
 
 _LOG = {"log1p_standardize", "log1p"}
-_STANDARDIZE = {"log1p_standardize", "standardize"}
+_STANDARDIZE = {"log1p_standardize", "standardize", "clip"}
 
 
 @dataclass(frozen=True)
@@ -59,13 +62,28 @@ class NumericStats:
     def fit(cls, spec: Feature, raw: npt.ArrayLike) -> NumericStats:
         values = np.asarray(raw, dtype=np.float64)
         values = values[np.isfinite(values)]
-        shaped = np.log1p(np.maximum(values, 0.0)) if spec.transform in _LOG else values
+        shaped = _shape(values, spec)
         std = float(shaped.std()) or 1.0
         default = float(np.median(values)) if spec.default in (None, "median") \
             else float(spec.default)
         if spec.transform not in _STANDARDIZE:
             return cls(spec, 0.0, 1.0, default)
         return cls(spec, float(shaped.mean()), std, default)
+
+
+def _shape(column: npt.NDArray[np.float64], spec: Feature) -> npt.NDArray[np.float64]:
+    """The transform before standardising (``log1p``, ``clip``, ``bucketize``)."""
+    if spec.transform in _LOG:
+        return np.log1p(np.maximum(column, 0.0))
+    if spec.transform == "clip":
+        assert spec.bounds is not None
+        low, high = spec.bounds
+        return np.clip(column, -np.inf if low is None else low, np.inf if high is None else high)
+    if spec.transform == "bucketize":
+        assert spec.boundaries is not None
+        return np.searchsorted(np.asarray(spec.boundaries), column, side="right"
+                               ).astype(np.float64)
+    return column
 
 
 def transform_matrix(values: npt.NDArray[np.float64], stats: Sequence[NumericStats]
@@ -77,7 +95,8 @@ def transform_matrix(values: npt.NDArray[np.float64], stats: Sequence[NumericSta
     if nan.any():
         values = np.where(nan, defaults, values)
     transforms = {s.spec.transform for s in stats}
-    if len(transforms) == 1:
+    if len(transforms) == 1 and transforms <= {"log1p_standardize", "standardize", "log1p",
+                                               "identity"}:
         (only,) = transforms
         if only in _LOG:
             np.maximum(values, 0.0, out=values)
@@ -88,9 +107,7 @@ def transform_matrix(values: npt.NDArray[np.float64], stats: Sequence[NumericSta
         return values.astype(np.float32)
     out = np.empty(values.shape, dtype=np.float32)
     for j, s in enumerate(stats):
-        column = values[:, j]
-        if s.spec.transform in _LOG:
-            column = np.log1p(np.maximum(column, 0.0))
+        column = _shape(values[:, j], s.spec)
         if s.spec.transform in _STANDARDIZE:
             column = (column - s.mean) / s.std
         out[:, j] = column

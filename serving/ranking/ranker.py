@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import BackendError, BadRequest
+from serving.errors import BackendError, BadRequest, ModelCardError
+from serving.ranking.counters import CounterJoin
 from serving.ranking.features import FeatureEncoder
 from serving.ranking.value import ValueModel, top_k
 from serving.repository.card import ModelCard
@@ -58,11 +59,20 @@ class Ranker:
     model: ServedModel
     encoder: FeatureEncoder
     value: ValueModel
+    counters: CounterJoin | None = None
+    """The version's counter snapshot join (a schema with counters): fills the counting
+    features a request does not send."""
 
     @classmethod
     def from_model(cls, model: ServedModel, card: ModelCard) -> Ranker:
-        return cls(model, FeatureEncoder.from_card(card.features, schema_of_card(card)),
-                   ValueModel(card.tasks, card.value_weights))
+        """Raises: ModelCardError: the card's schema or the counter snapshot is unservable."""
+        schema = schema_of_card(card)
+        if schema.counters and model.counters is None:
+            raise ModelCardError(f"{model.name}/{model.version}: its schema has counters but "
+                                 "the version folder has no counters.npz", field="counters")
+        join = CounterJoin.of(model.counters, schema) if model.counters is not None else None
+        return cls(model, FeatureEncoder.from_card(card.features, schema),
+                   ValueModel(card.tasks, card.value_weights), join)
 
     def encode(self, request: RankRequest) -> dict[str, np.ndarray]:
         """The model's input tensors for one request (one user row, ``n`` candidates).
@@ -70,8 +80,12 @@ class Ranker:
         Raises:
             MissingFeature, InvalidFeature: naming the field.
         """
-        return self.encoder.encode_request(request.user, request.context, request.history,
-                                           request.candidates, request.n)
+        user: Mapping[str, Any] = request.user
+        candidates = request.candidates
+        if self.counters is not None:
+            user, candidates = self.counters.fill(user, candidates, request.n)
+        return self.encoder.encode_request(user, request.context, request.history,
+                                           candidates, request.n)
 
     def rank(self, request: RankRequest, outputs: Mapping[str, np.ndarray],
              weights: np.ndarray, shown: list[int], degraded: bool = False) -> RankResult:

@@ -22,7 +22,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from serving.errors import ModelCardError
 from serving.repository.card import CARD_FILE, ONNX_FILE, ModelCard, sha256_of
-from serving.repository.config import CONFIG_FILE, parse_config
+from serving.repository.config import CONFIG_FILE, parse_config, tensorrt_problems
 from serving.repository.schema import SchemaError, disagreements, schema_of_card
 from serving.repository.served import model_file
 from serving.repository.tensors import (
@@ -146,7 +146,20 @@ def check_version(config: mc.ModelConfig, model_dir: Path, version_dir: Path) ->
     problems += _check_warmup(config, graph_in, where)
     if onnx_path.name == ONNX_FILE:
         problems += check_card(model_dir.name, version_dir, graph_in, graph_out, label)
+        problems += _check_tensorrt(config, version_dir, where)
     return problems
+
+
+def _check_tensorrt(config: mc.ModelConfig, version_dir: Path, where: str) -> list[str]:
+    """The TensorRT accelerator against the card: precision, caches, profile, warm-up
+    (:func:`serving.repository.config.tensorrt_problems`). A card that does not load is
+    check_card's to report."""
+    try:
+        card = ModelCard.load(version_dir / CARD_FILE)
+        users = schema_of_card(card).input_names("user")
+    except (ModelCardError, SchemaError):
+        return []
+    return tensorrt_problems(config, card, users, where)
 
 
 def check_model(model_dir: Path) -> list[str]:

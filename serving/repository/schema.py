@@ -24,7 +24,7 @@ The model's input tensors follow from the schema by one rule (:meth:`Schema.inpu
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -33,6 +33,7 @@ import yaml
 
 from serving.errors import ModelCardError
 from serving.repository.card import ModelCard
+from serving.repository.counters import CounterSpec, parse_counters
 from serving.repository.tensors import TensorSpec
 
 Side = Literal["user", "context", "candidate"]
@@ -40,7 +41,8 @@ Kind = Literal["categorical_id", "categorical_string", "numeric", "id_sequence"]
 SIDES: tuple[str, ...] = ("user", "context", "candidate")
 KINDS: tuple[str, ...] = ("categorical_id", "categorical_string", "numeric", "id_sequence")
 CATEGORICAL_TRANSFORMS = ("vocabulary", "hash")
-NUMERIC_TRANSFORMS = ("log1p_standardize", "standardize", "log1p", "identity")
+NUMERIC_TRANSFORMS = ("log1p_standardize", "standardize", "log1p", "identity", "clip",
+                      "bucketize")
 TRANSFORMS: dict[str, tuple[str, ...]] = {
     "categorical_id": CATEGORICAL_TRANSFORMS, "categorical_string": CATEGORICAL_TRANSFORMS,
     "numeric": NUMERIC_TRANSFORMS, "id_sequence": ("vocabulary",)}
@@ -72,6 +74,8 @@ class Feature:
     vocabulary_of: str | None = None
     min_count: int = 1
     column: str | None = None
+    bounds: tuple[float | None, float | None] | None = None
+    boundaries: tuple[float, ...] | None = None
 
     @property
     def group(self) -> str:
@@ -94,9 +98,13 @@ class Feature:
         return self.column or self.name
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items()
-                if v is not None and not (k in ("required", "id") and v is False)
-                and not (k == "min_count" and v == 1)}
+        out = {k: v for k, v in asdict(self).items()
+               if v is not None and not (k in ("required", "id") and v is False)
+               and not (k == "min_count" and v == 1)}
+        for key in ("bounds", "boundaries"):  # JSON and YAML lists, as the file wrote them
+            if key in out:
+                out[key] = list(out[key])
+        return out
 
 
 @dataclass(frozen=True)
@@ -114,6 +122,9 @@ class Schema:
     tasks: tuple[Task, ...]
     value_weights: dict[str, float] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
+    counters: tuple[CounterSpec, ...] = ()
+    """Counting features (serving/repository/counters.py); their produced numeric features
+    are in ``features`` too, after the declared ones."""
 
     # -- the tensor rule -------------------------------------------------------------------
 
@@ -149,6 +160,13 @@ class Schema:
     def input_names(self, group: str | None = None) -> tuple[str, ...]:
         return tuple(n for n, g, _ in self.inputs() if group is None or g == group)
 
+    def batch_inputs(self) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+        """How the model's requests merge into a batch: the per-request inputs (the user
+        group, ``[R, ...]``), the per-candidate inputs (the item group, ``[N, ...]``,
+        without the index) and the index input mapping candidates to request rows."""
+        items = tuple(n for n in self.input_names("item") if n != ITEM_TO_USER)
+        return self.input_names("user"), items, ITEM_TO_USER
+
     def feature(self, name: str) -> Feature:
         for f in self.features:
             if f.name == name:
@@ -165,13 +183,17 @@ class Schema:
     # -- reading and writing ---------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
+        produced = {n for c in self.counters for n in c.feature_names()}
         out: dict[str, Any] = {"name": self.name,
-                               "features": [f.to_dict() for f in self.features],
+                               "features": [f.to_dict() for f in self.features
+                                            if f.name not in produced],
                                "tasks": [{k: v for k, v in asdict(t).items() if v is not None}
                                          for t in self.tasks],
                                "value_weights": dict(self.value_weights)}
         if self.data:
             out["data"] = self.data
+        if self.counters:
+            out["counters"] = [c.to_dict() for c in self.counters]
         return out
 
     @classmethod
@@ -199,7 +221,7 @@ class Schema:
         """
         if not isinstance(raw, Mapping):
             raise SchemaError("a schema must be a mapping", field="schema")
-        _only(raw, {"name", "features", "tasks", "value_weights", "data"}, "")
+        _only(raw, {"name", "features", "tasks", "value_weights", "data", "counters"}, "")
         name = raw.get("name")
         if not isinstance(name, str) or not name:
             raise SchemaError("'name' must be a non-empty string", field="name")
@@ -227,13 +249,17 @@ class Schema:
         data = raw.get("data") or {}
         if not isinstance(data, Mapping):
             raise SchemaError("'data' must be a mapping", field="data")
-        schema = cls(name, parsed, tasks, {k: float(v) for k, v in weights.items()}, dict(data))
+        counters = parse_counters(raw.get("counters"), parsed, [t.label or t.name for t in tasks])
+        parsed += tuple(_feature(f, len(parsed) + j)
+                        for j, f in enumerate(d for c in counters for d in c.feature_dicts()))
+        schema = cls(name, parsed, tasks, {k: float(v) for k, v in weights.items()}, dict(data),
+                     counters)
         _check_whole(schema)
         return schema
 
 
 _FEATURE_KEYS = {"name", "side", "kind", "transform", "required", "id", "default", "buckets",
-                 "length", "vocabulary_of", "min_count", "column"}
+                 "length", "vocabulary_of", "min_count", "column", "bounds", "boundaries"}
 
 
 def _only(raw: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -279,9 +305,28 @@ def _feature(raw: Any, i: int) -> Feature:
                       id=raw.get("id", False), default=raw.get("default"),
                       buckets=ints.get("buckets"), length=ints.get("length"),
                       vocabulary_of=raw.get("vocabulary_of"),
-                      min_count=int(ints.get("min_count") or 1), column=raw.get("column"))
+                      min_count=int(ints.get("min_count") or 1), column=raw.get("column"),
+                      bounds=_numbers(raw, "bounds", where, i, nullable=True),
+                      boundaries=_numbers(raw, "boundaries", where, i, nullable=False))
     _check_feature(feature, where, i)
     return feature
+
+
+def _numbers(raw: Mapping[str, Any], key: str, where: str, i: int, nullable: bool) -> Any:
+    """``bounds`` (``[low, high]``, either may be null) or ``boundaries`` (ascending)."""
+    if key not in raw:
+        return None
+    value = raw[key]
+
+    def number(v: Any) -> bool:
+        return (v is None and nullable) or (isinstance(v, (int, float))
+                                            and not isinstance(v, bool) and v == v
+                                            and abs(v) != float("inf"))
+    if not isinstance(value, list) or not value or not all(map(number, value)):
+        kind = "a list [low, high] of numbers or null" if nullable \
+            else "a non-empty list of finite numbers"
+        raise SchemaError(f"'{where}.{key}' must be {kind}", field=f"features[{i}].{key}")
+    return tuple(None if v is None else float(v) for v in value)
 
 
 def _check_feature(f: Feature, where: str, i: int) -> None:
@@ -292,6 +337,7 @@ def _check_feature(f: Feature, where: str, i: int) -> None:
         fail("id", "is only for categorical features")
     if (f.transform == "hash") != (f.buckets is not None):
         fail("buckets", "is needed by, and only by, transform: hash")
+    _check_bounds(f, fail)
     if f.kind == "id_sequence":
         if f.side == "candidate":
             fail("side", "of an id_sequence must be user or context")
@@ -306,6 +352,22 @@ def _check_feature(f: Feature, where: str, i: int) -> None:
     if f.default is not None and (f.kind != "numeric" or not (number or f.default == "median")):
         fail("default", "must be a number or 'median', for numeric features only "
                         "(a missing categorical maps to id 0)")
+
+
+def _check_bounds(f: Feature, fail: Callable[[str, str], None]) -> None:
+    """``bounds`` belongs to ``clip`` and ``boundaries`` to ``bucketize``, each well formed."""
+    if (f.transform == "clip") != (f.bounds is not None):
+        fail("bounds", "is needed by, and only by, transform: clip")
+    if f.bounds is not None:
+        low, high = (*f.bounds, None, None)[:2]
+        if len(f.bounds) != 2 or (low is None and high is None) or \
+                (low is not None and high is not None and low >= high):
+            fail("bounds", "must be [low, high] with low < high (one of them may be null)")
+    if (f.transform == "bucketize") != (f.boundaries is not None):
+        fail("boundaries", "is needed by, and only by, transform: bucketize")
+    if f.boundaries is not None and any(
+            a >= b for a, b in zip(f.boundaries, f.boundaries[1:], strict=False)):
+        fail("boundaries", "must be strictly increasing")
 
 
 def _task(raw: Any, i: int) -> Task:
@@ -397,6 +459,14 @@ def schema_of_card(card: ModelCard) -> Schema:
     if card.schema:
         return Schema.parse(card.schema)
     return from_legacy_card(card.features, card.tasks, card.value_weights, card.name)
+
+
+def card_batch_inputs(card: ModelCard) -> tuple[tuple[str, ...], tuple[str, ...], str] | None:
+    """:meth:`Schema.batch_inputs` of a card's schema; ``None`` when it has no valid one."""
+    try:
+        return schema_of_card(card).batch_inputs()
+    except ModelCardError:
+        return None
 
 
 def disagreements(schema: Schema, card: ModelCard, graph_inputs: Mapping[str, TensorSpec],

@@ -8,7 +8,7 @@ signature comes from ``config.pbtxt``, as in Triton.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
@@ -16,6 +16,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from serving.errors import ModelCardError
 from serving.repository.card import CARD_FILE, ONNX_FILE, ModelCard
 from serving.repository.config import CONFIG_FILE, parse_config
+from serving.repository.counters import SNAPSHOT_FILE, CounterSnapshot
 from serving.repository.tensors import BY_CONFIG, TensorSpec
 from serving.repository.versions import policy_versions, servable_model_dirs, versions_on_disk
 
@@ -29,6 +30,8 @@ class ServedModel:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     card: ModelCard | None
+    counters: CounterSnapshot | None = field(default=None, compare=False)
+    """The version's counter snapshot (``counters.npz``), for a schema with counters."""
 
     @property
     def max_batch_size(self) -> int:
@@ -110,10 +113,12 @@ def load_model(model_dir: Path, version: int | None = None) -> ServedModel:
     version_dir = model_dir / str(version)
     card_path = version_dir / CARD_FILE
     card = ModelCard.load(card_path) if card_path.is_file() else None
+    snapshot = version_dir / SNAPSHOT_FILE
     batched = config.max_batch_size > 0
     return ServedModel(name, version, version_dir / model_file(config), config,
                        _tensors(list(config.input), batched, str(model_dir)),
-                       _tensors(list(config.output), batched, str(model_dir)), card)
+                       _tensors(list(config.output), batched, str(model_dir)), card,
+                       CounterSnapshot.load(snapshot) if snapshot.is_file() else None)
 
 
 def served_models(repository: Path) -> list[ServedModel]:

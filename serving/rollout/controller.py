@@ -21,6 +21,7 @@ from serving.errors import Conflict, NotFound, RankServeError
 from serving.repository.config import CONFIG_FILE
 from serving.repository.served import load_model, model_versions, policy_selection
 from serving.rollout.generation import Generation
+from serving.rollout.routing import split_drift
 from serving.settings import Settings
 from serving.telemetry.metrics import Metrics
 
@@ -142,6 +143,7 @@ class Rollout:
         self.metrics.model_changes.labels(action, "ok").inc()
         old, self.current, self._wanted = self.current, new, wanted
         log.info("serving %s", {n: sorted(v) for n, v in sorted(wanted.items())})
+        self._warn_split_drift(new)
         if old is not None:
             # Shielded: a caller that goes away (an admin client hanging up) must not leave
             # the old generation open; shutdown waits for this drain.
@@ -151,6 +153,14 @@ class Rollout:
             drain.add_done_callback(self._draining.discard)
             await asyncio.shield(drain)
         return new
+
+    def _warn_split_drift(self, generation: Generation) -> None:
+        """A WARNING for each configured split that the versions now served cannot honour
+        (checked at start and on every reload, load and unload)."""
+        for name, shares in sorted(self.settings.rollout.items()):
+            drift = split_drift(name, shares, generation.versions(name))
+            if drift is not None:
+                log.warning(drift, extra={"model": name})
 
     async def aclose(self) -> None:
         """Close the current generation (the data plane's shutdown drain)."""

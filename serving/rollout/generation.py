@@ -30,8 +30,6 @@ from serving.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-WARMUP_ROWS = (1, 32, 256, 1024)
-
 
 @dataclass(frozen=True)
 class Served:
@@ -92,12 +90,7 @@ class Generation:
                 layout = layout_for(model)
                 ranker = (Ranker.from_model(model, model.card) if model.card is not None
                           and isinstance(layout, CandidateLayout) else None)
-                mbs = model.max_batch_size or settings.batch_rows
-                policy = BatchPolicy(batch_rows=min(settings.batch_rows, mbs),
-                                     chunk_rows=min(settings.chunk_rows, mbs),
-                                     max_wait_s=settings.max_wait_ms / 1e3,
-                                     max_queue_rows=settings.max_queue_rows,
-                                     batching=settings.batching)
+                policy = BatchPolicy.from_settings(settings, model.max_batch_size)
                 batcher = Batcher(backend, key, layout, policy, metrics, slots)
                 await _warm_up(backend, batcher, model)
                 await batcher.start()
@@ -180,11 +173,11 @@ async def _warm_up_runs(backend: Backend, batcher: Batcher, model: ServedModel) 
         return
     loop = asyncio.get_running_loop()
     window = max(2, backend.instances)
-    settled: dict[int, float] = {}
-    for rows in (r for r in WARMUP_ROWS if r <= batcher.policy.batch_rows):
+    settled: dict[tuple[int, int], float] = {}
+    for rows, users in batcher.policy.warmup_shapes():  # every bucket shape, if any
         inputs = {}
         for t in model.inputs:
-            n = 1 if t.name in layout.shared else rows
+            n = users if t.name in layout.shared else rows
             shape = [n if axis == 0 and d < 0 else max(d, 1) for axis, d in enumerate(t.shape)]
             inputs[t.name] = np.zeros(shape, dtype=t.numpy_dtype)
         times: list[float] = []
@@ -196,6 +189,7 @@ async def _warm_up_runs(backend: Backend, batcher: Batcher, model: ServedModel) 
             log.warning("warm-up of %s version %d at %d rows did not settle in %d runs "
                         "(last %s ms)", model.name, model.version, rows, len(times),
                         ", ".join(f"{t * 1e3:.1f}" for t in times[-window:]))
-        settled[rows] = min(times[-window:])
+        settled[rows, users] = min(times[-window:])
     log.info("warmed up %s version %d: %s", model.name, model.version,
-             ", ".join(f"{rows} rows {t * 1e3:.2f} ms" for rows, t in settled.items()))
+             ", ".join(f"{rows}x{users} rows {t * 1e3:.2f} ms"
+                       for (rows, users), t in settled.items()))

@@ -56,3 +56,18 @@ class Split:
             out[version] = round((bound - previous) * 100, 6)
             previous = bound
         return out
+
+
+def split_drift(model: str, shares: Mapping[int, float], loaded: Sequence[int]) -> str | None:
+    """Why the split in force for ``model`` differs from the configured ``shares`` (a
+    version with a share is not loaded, so its traffic goes to the others or to the
+    default version), as a sentence for the operator; ``None`` when it is as configured."""
+    missing = sorted(v for v, s in shares.items() if s > 0 and v not in loaded)
+    if not missing:
+        return None
+    configured = {v: s for v, s in sorted(shares.items()) if s > 0}
+    split = Split.of(model, shares, loaded)
+    applied = (f"split in force {split.shares()}" if split is not None
+               else "no split in force: the default version answers everyone")
+    return (f"rollout split of model '{model}' configured as {configured} (percent), but "
+            f"version(s) {missing} not loaded (loaded: {sorted(loaded)}); {applied}")

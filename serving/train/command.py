@@ -1,7 +1,10 @@
-"""``rankserve train``: train the default ranker on KuaiRand and save a checkpoint.
+"""``rankserve train``: train a ranker from its schema file and save a checkpoint.
 
-The checkpoint goes to ``runs/<name>/`` (git-ignored); ``rankserve export`` turns it into
-the model repository. Defaults are the committed model's configuration.
+The schema (``--schema``, default feed_ranker's KuaiRand one) says which features and
+tasks the model has and, in its ``data`` section, which files under ``--data`` hold them
+and how the days split (docs/schema.md). The checkpoint goes to ``--run-dir`` (git-ignored);
+``rankserve export`` turns it into the model repository. Defaults are the committed
+feed_ranker's configuration.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
+from serving.errors import ModelCardError
 from serving.train.cli_edge import run_guarded, train_defaults
 
 DEFAULT_SCHEMA_FILE = Path(__file__).resolve().parent / "schemas" / "kuairand.yaml"
@@ -19,8 +23,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """Options only: no torch needed, so ``--help`` works after a plain ``make serve``."""
     defaults = train_defaults()
     parser.add_argument("--data", default=None,
-                        help="KuaiRand directory (default: $RANKSERVE_DATA or "
-                             "../shared/data/kuairand)")
+                        help="directory holding the schema's data files (default: "
+                             "$RANKSERVE_DATA or ../shared/data/kuairand)")
     parser.add_argument("--schema", type=Path, default=DEFAULT_SCHEMA_FILE,
                         help="the model's feature schema (docs/schema.md; default: "
                              "serving/train/schemas/kuairand.yaml, feed_ranker's)")
@@ -45,8 +49,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-wide", action="store_true",
                         help="deep part only, an ablation (default: off)")
     parser.add_argument("--validate", action="store_true",
-                        help="tuning mode: train on 04-25..05-03, evaluate on 05-04 "
-                             "(default: off)")
+                        help="tuning mode: train on the split's tune days, evaluate on its "
+                             "validation days (KuaiRand: 04-25..05-03, 05-04) (default: off)")
     parser.add_argument("--baseline", action="store_true",
                         help="also fit the logistic-regression baseline (about 3 minutes) and "
                              "save it beside the checkpoint for the model card's baseline "
@@ -58,13 +62,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train, or say in one line which extra is missing or what went wrong."""
     # DataNotFound is a FileNotFoundError.
-    return run_guarded("train", lambda: _train(args), (OSError, ValueError))
+    return run_guarded("train", lambda: _train(args), (OSError, ValueError, ModelCardError))
 
 
 def _train(args: argparse.Namespace) -> int:
     from serving.repository.schema import Schema
     from serving.train.baseline import BASELINE_FILE, run_baseline
-    from serving.train.data import TEST_DAYS, TRAIN_DAYS, TUNE_DAYS, VALIDATION_DAYS, load_log
+    from serving.train.data import load_log
     from serving.train.model import ModelConfig
     from serving.train.pipeline import run_training, save_checkpoint
     from serving.train.trainer import TrainConfig
@@ -72,13 +76,11 @@ def _train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(epochs=args.epochs, batch_rows=args.batch_rows, lr=args.lr,
                       wide_lr=args.wide_lr, wide_l2=args.wide_l2, seed=args.seed,
                       threads=args.threads, max_steps=args.max_steps)
-    train_days, eval_days = (TUNE_DAYS, VALIDATION_DAYS) if args.validate \
-        else (TRAIN_DAYS, TEST_DAYS)
     schema = Schema.load(args.schema)
-    if schema.data.get("format") != "kuairand":
-        raise ValueError(f"schema {args.schema} has data.format "
-                         f"{schema.data.get('format')!r}; the only data reader is 'kuairand'")
-    log = load_log(args.data)
+    log = load_log(args.data, schema)
+    split = log.layout.split
+    train_days, eval_days = (split.tune, split.validation) if args.validate \
+        else (split.train, split.test)
     result = run_training(log, cfg, ModelConfig(wide=not args.no_wide), train_days, eval_days,
                           progress=not args.no_progress, schema=schema)
     path = save_checkpoint(result, args.run_dir)

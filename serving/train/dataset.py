@@ -17,21 +17,14 @@ from torch import Tensor
 
 from serving.ranking.features import ITEM_TO_USER, FeatureEncoder
 from serving.repository.schema import Schema
-from serving.train.data import (
-    CONTEXT_COLUMNS,
-    DEFAULT_SCHEMA,
-    ITEM_COLUMNS,
-    USER_COLUMNS,
-    Requests,
-    raw_columns,
-)
+from serving.train.data import DEFAULT_SCHEMA, Requests, raw_columns
 
 
 def fit_encoder(impressions: pd.DataFrame, schema: Schema = DEFAULT_SCHEMA) -> FeatureEncoder:
     """Vocabularies and numeric constants of ``schema``'s features from the training
     impressions only."""
     names = [f.name for f in schema.features if f.kind != "id_sequence"]
-    return FeatureEncoder.fit(schema, raw_columns(impressions, names))
+    return FeatureEncoder.fit(schema, raw_columns(impressions, names, schema))
 
 
 @dataclass
@@ -46,10 +39,16 @@ class EncodedSplit:
     @classmethod
     def build(cls, encoder: FeatureEncoder, grouped: Requests) -> EncodedSplit:
         n_req, n_items = len(grouped.requests), len(grouped.items)
-        users = encoder.encode_users(raw_columns(grouped.requests, USER_COLUMNS),
-                                     raw_columns(grouped.requests, CONTEXT_COLUMNS),
+        schema = encoder.schema
+
+        def names(side: str) -> list[str]:
+            return [f.name for f in schema.features if f.side == side
+                    and (f.kind != "id_sequence" or f.name != "history")]
+        users = encoder.encode_users(raw_columns(grouped.requests, names("user"), schema),
+                                     raw_columns(grouped.requests, names("context"), schema),
                                      grouped.histories, n_req)
-        items = encoder.encode_items(raw_columns(grouped.items, ITEM_COLUMNS), n_items)
+        items = encoder.encode_items(raw_columns(grouped.items, names("candidate"), schema),
+                                     n_items)
         return cls(users, items, grouped.offsets, grouped.labels())
 
     @property

@@ -27,14 +27,24 @@ from serving.repository.config import write_config
 from serving.repository.schema import PROBS, Schema
 from serving.repository.tensors import TensorSpec, wire_of_numpy
 from serving.train.baseline import BASELINE_FILE
-from serving.train.data import TEST_DAYS, Log, group_requests
+from serving.train.counters import attach_counters, export_counters
+from serving.train.data import DEFAULT_SCHEMA, Log, group_requests
 from serving.train.dataset import EncodedSplit
 from serving.train.model import FeedRanker
-from serving.train.pipeline import load_checkpoint
+from serving.train.pipeline import CHECKPOINT_FILE, load_checkpoint
+from serving.train.precision import measure_split
+from serving.train.reader import DataLayout
 from serving.train.seeds import SEEDS_FILE
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-5
+
+
+def checkpoint_schema(run_dir: Path) -> Schema:
+    """The schema a checkpoint was trained with (feed_ranker's for an older checkpoint), so
+    export reads the held-out requests from that schema's data files."""
+    saved = torch.load(run_dir / CHECKPOINT_FILE, weights_only=True)
+    return Schema.parse(saved["schema"]) if saved.get("schema") else DEFAULT_SCHEMA
 
 
 def tensor_specs(sample: Mapping[str, np.ndarray], schema: Schema) -> list[TensorSpec]:
@@ -92,10 +102,12 @@ def measure_parity(model: FeedRanker, session: ort.InferenceSession, data: Encod
         got = session.run([PROBS], inputs)[0]
         diffs.append(np.abs(got - expected).ravel())
     diff = np.concatenate(diffs)
+    test = DataLayout.of(schema).split.test if schema.data else ("?",)
     return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
             "candidates": data.n_items, "requests": data.n_requests,
             "requests_per_batch": requests_per_batch, "tolerance": PARITY_TOLERANCE,
-            "data": f"held-out days {TEST_DAYS[0]}..{TEST_DAYS[-1]}, one request per user-day"}
+            "data": f"held-out days {test[0]}..{test[-1]}, requests grouped by "
+                    f"data.request.replay_keys"}
 
 
 def _extra_metrics(run_dir: Path) -> dict[str, Any]:
@@ -117,7 +129,8 @@ def export_repository(run_dir: Path, repository: Path, log: Log,
         ValueError: parity is worse than :data:`PARITY_TOLERANCE`.
     """
     model, encoder, saved = load_checkpoint(run_dir)
-    grouped = group_requests(log.days(TEST_DAYS), by="day")
+    log = attach_counters(log, encoder.schema)  # its counting features, if it has any
+    grouped = group_requests(log.days(log.layout.split.test), by="day")
     n_requests = min(len(grouped), int(np.searchsorted(grouped.offsets, parity_candidates)))
     held_out = EncodedSplit.build(encoder, grouped.head(n_requests))
     sample, _ = held_out.select(np.arange(8))
@@ -130,6 +143,9 @@ def export_repository(run_dir: Path, repository: Path, log: Log,
         raise ValueError(f"ONNX/PyTorch parity {parity['max_abs_diff']:.2e} exceeds "
                          f"{PARITY_TOLERANCE:.0e}")
     tasks = list(saved["tasks"])
+    # FP16/TF32 emulated on CPU: what config.pbtxt's TensorRT precision may be.
+    parity["precision"] = measure_split(onnx.load(str(onnx_path)), held_out,
+                                        [schema.value_weights.get(t, 1.0) for t in tasks])
     card = ModelCard(
         name=name, version=version, tasks=tasks, inputs=tensor_specs(sample, schema),
         outputs=[TensorSpec(PROBS, "FP32", (-1, len(tasks)))],
@@ -138,6 +154,7 @@ def export_repository(run_dir: Path, repository: Path, log: Log,
         opset=opset, onnx_sha256=sha256_of(onnx_path), training=saved["training"],
         metrics={"test": saved["metrics"], **_extra_metrics(run_dir)}, parity=parity,
         schema=schema.to_dict())
+    export_counters(log, schema, saved, onnx_path.parent, run_dir, card)  # counters.npz
     card.save(onnx_path.parent / CARD_FILE)
     write_config(card, model_dir, schema.input_names("user"))
     return card

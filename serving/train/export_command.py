@@ -30,8 +30,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", type=Path, default=Path("runs/feed_ranker"),
                         help="checkpoint written by `rankserve train` (default: %(default)s)")
     parser.add_argument("--data", default=None,
-                        help="KuaiRand directory for the held-out parity requests (default: "
-                             "$RANKSERVE_DATA or ../shared/data/kuairand)")
+                        help="directory of the checkpoint schema's data files, for the "
+                             "held-out parity requests (default: $RANKSERVE_DATA or "
+                             "../shared/data/kuairand)")
     parser.add_argument("--model-repository", type=Path, default=Path("model_repository"),
                         help="repository to add the version to (default: %(default)s)")
     parser.add_argument("--name", default="feed_ranker",
@@ -60,9 +61,9 @@ def _export(args: argparse.Namespace) -> int:
                                 "first (or pass --run-dir)")
     version = check_target(args.model_repository, args.name, args.version, args.force)
     from serving.train.data import load_log
-    from serving.train.export import export_repository
+    from serving.train.export import checkpoint_schema, export_repository
 
-    log = load_log(args.data)
+    log = load_log(args.data, checkpoint_schema(args.run_dir))
 
     def build(staging: Path) -> Any:
         return export_repository(args.run_dir, staging, log, args.name, version, args.opset,

@@ -18,8 +18,18 @@ import torch
 
 from serving.ranking.features import FeatureEncoder
 from serving.repository.schema import Schema
-from serving.train.data import DEFAULT_SCHEMA, TASKS, TEST_DAYS, TRAIN_DAYS, Log, group_requests
+from serving.train.counters import attach_counters, fit_priors, liked_before
+from serving.train.data import (
+    DAY_KEY,
+    DEFAULT_SCHEMA,
+    TEST_DAYS,
+    TRAIN_DAYS,
+    USER_KEY,
+    Log,
+    group_requests,
+)
 from serving.train.dataset import EncodedSplit, fit_encoder
+from serving.train.evaluation import ranking_report
 from serving.train.model import FeedRanker, ModelConfig
 from serving.train.trainer import TrainConfig, predict, seed_everything, task_metrics, train_model
 
@@ -41,23 +51,43 @@ def run_training(log: Log, cfg: TrainConfig, model_cfg: ModelConfig | None = Non
     """Train on ``train_days`` and evaluate on ``eval_days``.
 
     ``limit_rows`` keeps only the first rows of each split (in time order), for smoke tests.
+    A schema with counters gets its counter features (strictly from earlier days' rows,
+    :mod:`serving.train.counters`) attached to the log first; the held-out days are also
+    scored with the counters frozen at the last training day (what the exported snapshot
+    serves), in ``training["evaluation"]["test_frozen_counters"]``.
     """
     started = time.perf_counter()
+    if schema.counters:
+        schema = fit_priors(schema, log.days(train_days).impressions)
+    full_log = log
+    log = attach_counters(log, schema)
     train_log, eval_log = log.days(train_days), log.days(eval_days)
     if limit_rows is not None:
         train_log.impressions = train_log.impressions.iloc[:limit_rows]
         eval_log.impressions = eval_log.impressions.iloc[:limit_rows]
-    if [t.name for t in schema.tasks] != list(TASKS):
-        raise ValueError(f"schema {schema.name}'s tasks differ from the log's labels {TASKS}")
+    tasks = tuple(t.name for t in schema.tasks)  # the probs columns, in schema order
     encoder = fit_encoder(train_log.impressions, schema)
     train = EncodedSplit.build(encoder, group_requests(train_log))
-    held_out = EncodedSplit.build(encoder, group_requests(eval_log))
+    eval_grouped = group_requests(eval_log)
+    held_out = EncodedSplit.build(encoder, eval_grouped)
     seed_everything(cfg.seed)
-    model = FeedRanker(encoder.cardinalities(), TASKS, model_cfg,
+    model = FeedRanker(encoder.cardinalities(), tasks, model_cfg,
                        prior_rates=np.clip(train.labels.mean(axis=0), 1e-4, 1 - 1e-4).tolist(),
                        schema=schema)
     fit = train_model(model, train, cfg, progress=progress)
-    metrics = task_metrics(held_out.labels, predict(model, held_out), TASKS)
+    probs = predict(model, held_out)
+    metrics = task_metrics(held_out.labels, probs, tasks)
+    items = eval_grouped.items
+    evaluation = ranking_report(held_out.labels, probs, tasks, items[USER_KEY].to_numpy(),
+                                items[DAY_KEY].to_numpy(), liked_before(full_log, items)) \
+        if schema.name == DEFAULT_SCHEMA.name else {}  # KuaiRand's tasks and segments
+    if schema.counters:
+        frozen = attach_counters(full_log, schema, until_day=train_days[-1]).days(eval_days)
+        if limit_rows is not None:
+            frozen.impressions = frozen.impressions.iloc[:limit_rows]
+        frozen_split = EncodedSplit.build(encoder, group_requests(frozen))
+        evaluation["test_frozen_counters"] = task_metrics(
+            frozen_split.labels, predict(model, frozen_split), tasks)
     training = {
         "train_days": [int(d) for d in (train_days[0], train_days[-1])],
         "eval_days": [int(d) for d in (eval_days[0], eval_days[-1])],
@@ -67,6 +97,7 @@ def run_training(log: Log, cfg: TrainConfig, model_cfg: ModelConfig | None = Non
         "total_seconds": round(time.perf_counter() - started, 1),
         "config": cfg.to_dict(), "model_config": model.config.to_dict(),
         "torch": str(torch.__version__), "threads": cfg.threads,
+        "evaluation": evaluation,
     }
     return TrainResult(model, encoder, metrics, training)
 
@@ -75,7 +106,8 @@ def save_checkpoint(result: TrainResult, run_dir: Path) -> Path:
     """Write ``run_dir/checkpoint.pt`` (plain tensors and JSON-like values only)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / CHECKPOINT_FILE
-    torch.save({"tasks": list(TASKS), "encoder": result.encoder.to_card(),
+    tasks = [t.name for t in result.encoder.schema.tasks]
+    torch.save({"tasks": tasks, "encoder": result.encoder.to_card(),
                 "schema": result.encoder.schema.to_dict(),
                 "model_config": result.model.config.to_dict(),
                 "state_dict": result.model.state_dict(),

@@ -14,6 +14,10 @@ candidate count) and ``columns``: a list of ``{"name", "dtype"}`` where ``dtype`
 encoded: ``"values": [distinct strings]``, payload: ``n`` int32 codes into ``values``, -1
 for missing). Numeric columns use NaN for a missing value. The server reads each column
 with one ``numpy.frombuffer`` call, never parsing numbers one by one.
+
+Responses (``Accept: application/x-rankserve-columns``) use the same layout: the header
+is the JSON response without its arrays, plus ``n`` and ``columns`` for the ranked ids,
+``score`` and one ``probs.<task>`` column per task asked for.
 """
 
 from __future__ import annotations
@@ -56,7 +60,8 @@ def _align(offset: int) -> int:
     return (offset + 7) & ~7
 
 
-def encode(document: Mapping[str, Any], candidates: Mapping[str, Sequence[Any]]) -> bytes:
+def encode(document: Mapping[str, Any],
+           candidates: Mapping[str, Sequence[Any] | np.ndarray]) -> bytes:
     """A binary body from the request ``document`` (without candidates) and its columns.
 
     Integer and float columns (numpy arrays or lists) are sent raw; columns holding strings
@@ -79,7 +84,7 @@ def encode(document: Mapping[str, Any], candidates: Mapping[str, Sequence[Any]])
     return bytes(out)
 
 
-def _encode_column(name: str, raw: Sequence[Any]) -> tuple[dict[str, Any], bytes]:
+def _encode_column(name: str, raw: Sequence[Any] | np.ndarray) -> tuple[dict[str, Any], bytes]:
     array = raw if isinstance(raw, np.ndarray) else None
     if array is None and not any(isinstance(v, str) for v in raw):
         has_float = any(isinstance(v, float) or v is None for v in raw)

@@ -61,3 +61,39 @@ async def test_the_backend_serves_through_bound_io_when_asked() -> None:
     finally:
         await bound.aclose()
         await plain.aclose()
+
+
+def test_inputs_live_packed_in_one_device_buffer_per_shape() -> None:
+    """One host-to-device copy per batch: every input is bound at its offset inside the
+    shape's one device buffer, whose bytes are the packed inputs after a run."""
+    runner = BoundRunner(session(RANKER))
+    inputs = ranker_inputs(37, seed=5)
+    runner.run(inputs)
+    (bound,) = runner._bound.values()
+    start, size = bound.device.data_ptr(), bound.device.shape()[0]
+    packed = bound.device.numpy()
+    for name, value in inputs.items():
+        view = bound.views[name]
+        offset = view.ctypes.data - bound.host.ctypes.data
+        assert offset % 256 == 0
+        assert start <= start + offset < start + size
+        got = packed[offset:offset + value.nbytes].view(value.dtype).reshape(value.shape)
+        np.testing.assert_array_equal(got, value)
+    assert not runner.pinned  # CPU: nothing to page-lock
+
+
+def test_each_bucket_shape_gets_its_own_fixed_graph_id() -> None:
+    reference, runner = session(RANKER), BoundRunner(session(RANKER), shapes=2, graphs=True)
+    names = [o.name for o in reference.get_outputs()]
+    seen: dict[int, int] = {}
+    for i, rows in enumerate([64, 128, 64, 128, 64]):
+        inputs = ranker_inputs(rows, seed=i)
+        got = runner.run(inputs)  # CPU ignores the graph id: answers are session.run's
+        for name, want in zip(names, reference.run(names, inputs), strict=True):
+            np.testing.assert_array_equal(got[name], want)
+        ids = {k[2][1][0]: g for k, g in runner.graph_ids().items()}  # item_id rows -> id
+        for r, g in ids.items():
+            assert seen.setdefault(r, g) == g  # the same shape replays the same graph
+    assert sorted(seen.values()) == [0, 1]
+    runner.run(ranker_inputs(256))  # a third shape: graph ids are never reused
+    assert runner.graph_ids()[max(runner.graph_ids(), key=lambda k: k[2][1][0])] == -1

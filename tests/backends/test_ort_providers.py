@@ -123,7 +123,8 @@ def test_provider_options_follow_the_settings(tmp_path: Path,
                        '"use_tf32": false}, '
                        '"TensorrtExecutionProvider": {"trt_max_workspace_size": "1073741824"}}')
     settings = Settings.load(None, cuda_device_id=1, cuda_tf32=True, cuda_graphs=True,
-                             tensorrt_fp16=True, tensorrt_cache_dir=str(tmp_path))
+                             buckets="1024,2048", tensorrt_fp16=True,
+                             tensorrt_cache_dir=str(tmp_path))  # graphs need buckets
     options = provider_options(settings)
     assert options[CUDA] == {"device_id": "1", "use_tf32": "false",  # the JSON wins
                              "enable_cuda_graph": "1",
@@ -154,3 +155,20 @@ def test_from_settings_passes_the_plan_to_the_backend() -> None:
     assert plan.requested == (CUDA, CPU)
     assert plan.mode == "all"
     assert plan.options[CUDA]["device_id"] == "2"
+
+
+def test_tensorrt_profiles_come_from_the_buckets_as_in_config_pbtxt() -> None:
+    from serving.backends.ort_providers import tensorrt_profile
+    from serving.repository.config import parse_config
+    from serving.settings import PROFILES
+
+    model_dir = Path(__file__).resolve().parents[2] / "model_repository" / "feed_ranker"
+    gpu = PROFILES["gpu"]
+    profile = tensorrt_profile(model_dir / "1" / "model.onnx", gpu["buckets"],
+                               gpu["user_buckets"])
+    (trt,) = parse_config(model_dir / "config.pbtxt").optimization \
+        .execution_accelerators.gpu_execution_accelerator
+    assert profile == {k: trt.parameters[k] for k in profile}  # embedded = Triton's engine
+    assert set(profile) == {"trt_profile_min_shapes", "trt_profile_opt_shapes",
+                            "trt_profile_max_shapes"}
+    assert tensorrt_profile(model_dir / "1" / "model.onnx", [], []) == {}  # no buckets

@@ -18,9 +18,9 @@ from serving.backends.base import BackendOutput
 from serving.backends.onnx_runtime import OnnxRuntimeBackend
 from serving.batching.batcher import Batcher
 from serving.batching.layout import CandidateLayout
-from serving.batching.policy import BatchPolicy, Slots
+from serving.batching.policy import WARMUP_ROWS, BatchPolicy, Slots
 from serving.repository.served import load_model
-from serving.rollout.generation import WARMUP_ROWS, _warm_up, stable
+from serving.rollout.generation import _warm_up, stable
 from serving.telemetry.metrics import Metrics
 from tests.batching.tiny_models import GATHER_ADD_CONFIG, gather_add, write_model
 from tests.wrapped_backend import WrappedBackend
@@ -87,6 +87,36 @@ async def test_warm_up_never_teaches_and_slow_first_runs_cause_no_504(
         for _ in range(30):  # then 50 ms budgets, each one served, none refused with 504
             await request(7, 0.05)
         assert batcher.latency.predict(7) < 0.05
+    finally:
+        await batcher.aclose()
+        await backend.aclose()
+
+
+async def test_warm_up_runs_every_bucket_shape_and_teaches_nothing(tmp_path: Path) -> None:
+    from serving.batching.buckets import Buckets
+
+    write_model(tmp_path, "gather_add", gather_add(), GATHER_ADD_CONFIG)
+    model = load_model(tmp_path / "gather_add")
+    backend = SlowFirstShapes(OnnxRuntimeBackend({"gather_add": model.onnx_path}))
+    await backend.start()
+    buckets = Buckets((64, 256), (1, 4))
+    batcher = Batcher(backend, "gather_add", LAYOUT,
+                      BatchPolicy(batch_rows=256, chunk_rows=256, max_wait_s=0.0,
+                                  buckets=buckets), Metrics(), Slots(1))
+    try:
+        await _warm_up(backend, batcher, model)
+        assert sorted(backend.seen) == [64, 256]  # candidate rows of every bucket shape
+        assert all(n >= 3 for n in backend.seen.values())  # repeated until stable
+        assert batcher.latency.estimates() == {}  # taught nothing
+        await batcher.start()
+        loop = asyncio.get_running_loop()
+        rng = np.random.default_rng(1)
+        for rows in (5, 100, 7, 200):  # every bucket warm: no slow first run, no 504
+            inputs = {"u": rng.normal(size=(1, 2)).astype(np.float32),
+                      "x": rng.normal(size=(rows, 2)).astype(np.float32),
+                      "idx": np.zeros(rows, dtype=np.int64)}
+            result = await batcher.submit(inputs, loop.time() + 0.3)
+            np.testing.assert_array_equal(result.outputs["y"], inputs["x"] + inputs["u"][0])
     finally:
         await batcher.aclose()
         await backend.aclose()

@@ -178,7 +178,7 @@ def test_settings_schema_matches_the_settings_class() -> None:
     fields = Settings.model_fields
     assert set(offered) <= set(fields), set(offered) - set(fields)
     owned = {"host", "port", "backend", "model_repository", "default_model", "triton_url",
-             "triton_shared_memory", "auth_token"}
+             "triton_shared_memory", "auth_token", "instances"}
     assert not owned & set(offered)
     for name, spec in offered.items():
         if "enum" in spec and name != "log_level":

@@ -40,6 +40,9 @@ SCENARIOS: dict[str, list[str]] = {
                           "triton.image.repository=registry.example/triton-feed"),
     "image-separate": sets("topology=separate", "modelRepository.source=image"),
     "servicemonitor": SM_API,
+    "gpu-h100": ["-f", str(CHART / "values-gpu.yaml")],
+    "gpu-separate-emptydir": ["-f", str(CHART / "values-gpu.yaml"), *sets(
+        "topology=separate", "triton.tensorrtCache.claimName=", "triton.instanceCount=3")],
     "everything": [*SM_API, *sets(
         "topology=separate", "autoscaling.enabled=true", "dashboard.enabled=true",
         "gateway.auth.enabled=true", "gateway.auth.token=s3cret",

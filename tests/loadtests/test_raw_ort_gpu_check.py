@@ -39,8 +39,11 @@ def test_gpu_check_dry_run_completes_every_stage(tmp_path: Path) -> None:
     assert "CPUExecutionProvider" in stages["environment"]["available"]
     assert stages["smoke"]["nodes_per_provider"]["CPUExecutionProvider"] > 0
     assert stages["parity"]["fp32"]["max_abs_dp"] == 0.0
-    for mode in ("plain", "bound"):
+    for mode in ("plain", "bound", "bucketed_bound"):
         assert all(p["rows_per_s"] > 0 for p in stages["raw"][mode]["points"])
+    assert stages["raw"]["bound"]["pinned"] is False  # CPU: nothing to page-lock
+    assert stages["parity"]["card_emulated"]["fp16"]["supported"] is True
+    assert stages["gateway"]["settings"]["profile"] == "gpu"
     assert set(stages["sessions"]) == {"1", "2", "seconds"}
     point = stages["gateway"]["points"][0]
     assert point["ok"] > 0

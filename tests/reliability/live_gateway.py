@@ -39,6 +39,16 @@ def documented_codes() -> dict[int, set[str]]:
     return codes
 
 
+def error_of(body: Any) -> dict[str, Any]:
+    """An error answer's ``{"code", "message", "field"}`` in either shape: ``/v1``'s
+    ``{"error": {...}}`` or, under ``/v2``, KServe's ``{"error": "<message>", "code",
+    "field"}``."""
+    error = body["error"]
+    if isinstance(error, str):
+        return {"message": error, **{k: body[k] for k in ("code", "field") if k in body}}
+    return dict(error)
+
+
 @dataclass
 class Answer:
     status: int
@@ -139,11 +149,12 @@ class LiveGateway:
         assert answer.status < 500 or (allow_504 and answer.status == 504), \
             (answer.status, answer.body[:300], context)
         if answer.status >= 400:
-            error = answer.json()
-            assert error["error"]["code"] in self._codes.get(answer.status, set()), \
+            body = answer.json()
+            error = error_of(body)
+            assert error["code"] in self._codes.get(answer.status, set()), \
                 (answer.status, error, context)
-            assert isinstance(error["error"]["message"], str)
-            assert error["request_id"]
+            assert isinstance(error["message"], str)
+            assert body["request_id"]
             if answer.status == 429:
                 assert int(answer.headers["retry-after"]) >= 1
         return answer

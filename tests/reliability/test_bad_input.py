@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from serving.gateway import v2_codec
-from tests.reliability.live_gateway import LiveGateway, live_gateway
+from tests.reliability.live_gateway import LiveGateway, error_of, live_gateway
 from tests.reliability.test_row_limits import ranker_body
 
 JSON = {"Content-Type": "application/json"}
@@ -38,7 +38,7 @@ def refused(gateway: LiveGateway, status: int, method: str, path: str, body: byt
     answer = gateway.check(gateway.request(method, path, body, headers or JSON), path)
     assert answer.status == status, (path, answer.status, answer.body[:200])
     if field is not None:
-        assert answer.json()["error"]["field"] == field, answer.body[:200]
+        assert error_of(answer.json())["field"] == field, answer.body[:200]
     still_serves(gateway)
 
 

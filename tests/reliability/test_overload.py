@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from loadtests.bank import Bank
-from loadtests.experiments.overload import ACCEPTED_P99_FACTOR, run
+from loadtests.experiments.overload import ACCEPTED_P99_FACTOR, recovery_time, run
+from loadtests.loadgen import Outcome
 from loadtests.traffic import CandidateCounts, HeldOutTraffic
 
 BUDGET_MS = 50.0
@@ -49,3 +50,18 @@ def test_three_times_capacity_is_shed_cleanly(tmp_path: Path) -> None:
     assert report.rejected_p50_ms < BUDGET_MS  # refused at once, not after queueing
     assert report.rss_peak_mib <= report.rss_before_mib + RSS_GROWTH_MIB
     assert report.rss_after_mib <= report.rss_before_mib + RSS_GROWTH_MIB
+
+
+def test_recovery_time_is_the_end_of_the_last_window_over_budget() -> None:
+    def ok(at: float, ms: float, status: int = 200) -> Outcome:
+        return Outcome(scheduled=at, lag_ms=0.0, response_ms=ms, status=status, rows=1,
+                       retry_after=False)
+
+    step = 100.0
+    outcomes = [ok(99.9, 500.0),  # before the step: not counted
+                ok(100.1, 80.0), ok(100.3, 20.0), ok(100.6, 70.0), ok(100.8, 10.0),
+                ok(101.3, 10.0), ok(101.4, 900.0, status=429)]  # refusals are not counted
+    recovery, worst = recovery_time(outcomes, step, budget_ms=BUDGET_MS, window_s=0.25)
+    assert recovery == pytest.approx(0.75)  # the window [0.5, 0.75) s was the last one over
+    assert worst == pytest.approx(80.0)
+    assert recovery_time([ok(100.1, 10.0)], step, BUDGET_MS) == (0.0, pytest.approx(10.0))

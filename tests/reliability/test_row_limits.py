@@ -15,6 +15,7 @@ import orjson
 
 from tests.gateway.conftest import Gateway, GatewayFactory
 from tests.gateway.test_overload import until
+from tests.reliability.live_gateway import error_of
 
 JSON = {"Content-Type": "application/json"}
 INFER = "/v2/models/feed_ranker/infer"
@@ -45,10 +46,10 @@ async def infer(gateway: Gateway, body: bytes) -> tuple[int, Any]:
 async def test_v2_obeys_the_per_request_row_limits(start_gateway: GatewayFactory) -> None:
     gateway = await start_gateway(max_candidates=100, max_user_rows=8)
     status, error = await infer(gateway, ranker_body(1, 101))
-    assert (status, error["error"]["field"]) == (413, "inputs.item_id"), error
-    assert "at most 100" in error["error"]["message"]
+    assert (status, error_of(error)["field"]) == (413, "inputs.item_id"), error
+    assert "at most 100" in error_of(error)["message"]
     status, error = await infer(gateway, ranker_body(9, 1))
-    assert (status, error["error"]["field"]) == (413, "inputs.user_id"), error
+    assert (status, error_of(error)["field"]) == (413, "inputs.user_id"), error
     status, answer = await infer(gateway, ranker_body(8, 100))
     assert status == 200, answer
     assert answer["outputs"][0]["shape"] == [100, 7]
@@ -64,7 +65,7 @@ async def test_user_rows_count_against_the_queue_and_the_batch(
     await until(lambda: gateway.queued_rows() == 2 * 310)
     status, error = await infer(gateway, ranker_body(200, 1))  # 620 + 201 > 800 rows
     assert status == 429, error
-    assert error["error"]["code"] == "overloaded"
+    assert error_of(error)["code"] == "overloaded"
     gateway.backend.gate.set()
     assert [(await task)[0] for task in (running, *queued)] == [200, 200, 200]
     carried = [len(call["user_id"]) + len(call["item_id"]) for call in gateway.backend.calls]
@@ -75,5 +76,5 @@ async def test_v2_with_no_rows_never_reaches_the_model(start_gateway: GatewayFac
     gateway = await start_gateway()
     for users, items in ((0, 0), (1, 0)):
         status, error = await infer(gateway, ranker_body(users, items))
-        assert (status, error["error"]["field"]) == (400, "inputs.item_id"), error
+        assert (status, error_of(error)["field"]) == (400, "inputs.item_id"), error
     assert gateway.backend.calls == []

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from serving.gateway import rules
-from tests.reliability.live_gateway import PROJECT, LiveGateway, live_gateway
+from tests.reliability.live_gateway import PROJECT, LiveGateway, error_of, live_gateway
 
 TOKEN = "s3cret-token"
 LIMIT = 64 * 1024
@@ -55,7 +55,7 @@ def test_bearer_token_guards_v1_and_v2_only(gateway: LiveGateway, body: bytes,
         for path in ("/v1/rank", "/v2/models/feed_ranker/infer"):
             answer = gateway.check(gateway.request("POST", path, body, auth(value)), value)
             assert answer.status == 401, (value, path)
-            assert answer.json()["error"]["field"] == "Authorization"
+            assert error_of(answer.json())["field"] == "Authorization"
     assert gateway.request("GET", "/v2/models/feed_ranker", b"", auth("")).status == 401
     assert gateway.check(gateway.request("POST", "/v1/rank", body, auth(f"Bearer {TOKEN}"))
                          ).status == 200
@@ -133,7 +133,7 @@ def test_candidate_count_is_checked_before_features(gateway: LiveGateway,
     answer = gateway.check(gateway.request("POST", "/v1/rank", json.dumps(
         {**heldout[0], "candidates": bad}).encode(), auth(f"Bearer {TOKEN}")))
     assert answer.status == 413
-    assert answer.json()["error"]["field"] == "candidates"
+    assert error_of(answer.json())["field"] == "candidates"
 
 
 TRAVERSALS = ["..%2F..%2Fetc", "..%2F..%2Fetc%2Fpasswd", "%2e%2e", "..", "feed_ranker%2F..",

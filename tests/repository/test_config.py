@@ -40,8 +40,9 @@ def test_max_batch_size_zero_is_explained() -> None:
     assert "item_to_user" in before
 
 
-def test_warmup_is_one_request_with_realistic_candidates(config: mc.ModelConfig) -> None:
-    (sample,) = config.model_warmup
+def test_warmup_starts_with_one_request_with_realistic_candidates(
+        config: mc.ModelConfig) -> None:
+    sample = config.model_warmup[0]  # then the TensorRT profile points (test_tensorrt_config)
     assert set(sample.inputs) == set(MODEL_INPUTS)
     for name, spec in sample.inputs.items():
         rows = 1 if name in USER_INPUTS else WARMUP_CANDIDATES

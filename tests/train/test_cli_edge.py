@@ -84,4 +84,4 @@ def test_train_reports_missing_data_in_one_line(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "Traceback" not in result.stderr
-    assert lines[0].startswith(f"rankserve train: KuaiRand data not found in {tmp_path}")
+    assert lines[0].startswith(f"rankserve train: data of schema kuairand not found in {tmp_path}")

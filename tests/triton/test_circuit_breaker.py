@@ -84,3 +84,20 @@ def test_probe_is_due_only_after_the_pause(clock: Clock) -> None:
     assert not breaker.probe_due()
     clock.now += 1.0
     assert breaker.probe_due()
+
+
+def test_failing_from_the_first_failure_until_a_success(clock: Clock) -> None:
+    """What the batcher reads before learning a timeout (``Backend.failing``)."""
+    breaker = CircuitBreaker(failures=3, reset_s=1.0, clock=clock)
+    assert not breaker.failing
+    breaker.record_failure()
+    assert breaker.state is BreakerState.CLOSED
+    assert breaker.failing  # closed, but its last call failed
+    breaker.record_failure()
+    breaker.record_failure()
+    assert breaker.failing  # open
+    clock.now += 1.0
+    assert breaker.allow()
+    assert breaker.failing  # half-open: probing
+    breaker.record_success()
+    assert not breaker.failing

@@ -101,11 +101,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- $owned := dict
   "host" "0.0.0.0"
   "port" (int .Values.gateway.port)
+  "grpc_port" (int .Values.gateway.grpcPort)
   "backend" "triton"
   "model_repository" (include "rankserve.gatewayModelPath" .)
   "default_model" .Values.models.default
   "triton_url" (include "rankserve.tritonURL" .)
   "triton_shared_memory" (eq (include "rankserve.sharedMemory" .) "true")
+  "instances" (int .Values.triton.instanceCount)
 }}
 {{- toYaml (merge $owned (deepCopy .Values.gateway.settings)) }}
 {{- end }}
@@ -123,6 +125,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- if and (eq .Values.topology "sidecar") (has (int .Values.gateway.port) (list (int .Values.triton.ports.http) (int .Values.triton.ports.grpc) (int .Values.triton.ports.metrics))) }}
 {{- fail (printf "gateway.port %d collides with a Triton port in the same pod (topology sidecar)" (int .Values.gateway.port)) }}
+{{- end }}
+{{- if or (eq (int .Values.gateway.grpcPort) (int .Values.gateway.port)) (and (eq .Values.topology "sidecar") (has (int .Values.gateway.grpcPort) (list (int .Values.triton.ports.http) (int .Values.triton.ports.grpc) (int .Values.triton.ports.metrics)))) }}
+{{- fail (printf "gateway.grpcPort %d collides with gateway.port or a Triton port in the same pod" (int .Values.gateway.grpcPort)) }}
 {{- end }}
 {{- if and (eq .Values.topology "sidecar") (le (int .Values.triton.preStopSleepSeconds) (int .Values.gateway.preStopSleepSeconds)) }}
 {{- fail "triton.preStopSleepSeconds must exceed gateway.preStopSleepSeconds (topology sidecar): Triton has to outlive its gateway's drain" }}
@@ -231,6 +236,9 @@ app.kubernetes.io/component: {{ .component }}
   ports:
     - name: http
       containerPort: {{ .Values.gateway.port }}
+      protocol: TCP
+    - name: grpc
+      containerPort: {{ .Values.gateway.grpcPort }}
       protocol: TCP
   livenessProbe:
     httpGet:
