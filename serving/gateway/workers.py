@@ -87,6 +87,7 @@ def _worker_main(settings: Settings, index: int) -> None:
     # Until serve() installs its handlers, a reload forwarded while this worker still loads
     # must neither kill it nor be lost: it is remembered and run once serving starts.
     signal.signal(signal.SIGHUP, _remember_reload)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked by _start
     configure_logging(settings.log_level, settings.log_format)
     os.environ["RANKSERVE_WORKER_INDEX"] = str(index)
     run_event_loop(serve(settings, reuse_port=True))
@@ -133,7 +134,14 @@ class Supervisor:
     def _start(self, index: int) -> None:
         process = self._context.Process(target=_worker_main, args=(self.settings, index),
                                         name=f"rankserve-worker-{index}", daemon=False)
-        process.start()
+        # A spawned worker spends seconds importing before _worker_main can install its
+        # SIGHUP handler, and SIGHUP's default action kills it: it starts with SIGHUP
+        # blocked (the mask survives exec), so a reload sent meanwhile waits, then counts.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         self._workers[index] = process
         self._started_at[index] = time.monotonic()
 

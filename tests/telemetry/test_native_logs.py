@@ -39,7 +39,8 @@ def test_stderr_is_only_json_when_onnx_runtime_logs(tmp_path: Path) -> None:
     document = load_requests(limit=1)[0]
     with serve_process("--model-repository", str(noisy_repository(tmp_path)),
                        "--providers", "CPUExecutionProvider", "--log-format", "json",
-                       env={"RANKSERVE_DEFAULT_BUDGET_MS": "10000"}) as (process, address):
+                       env={"RANKSERVE_DEFAULT_BUDGET_MS": "10000"},
+                       read_log=False) as (process, address):
         request = urllib.request.Request(f"{address}/v1/rank",
                                          data=json.dumps(document).encode(),
                                          headers={"Content-Type": "application/json"})
