@@ -198,19 +198,13 @@ class Schema:
 
     @classmethod
     def load(cls, path: str | Path) -> Schema:
-        """Read a YAML or JSON schema file.
+        """Read a YAML or JSON schema file (``extends: FILE`` takes another file's sections,
+        each top-level key of this one replacing the base's, so a variant is not a copy).
 
         Raises:
             SchemaError: unreadable or invalid; the message names the field.
         """
-        path = Path(path)
-        try:
-            text = path.read_text()
-            raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (OSError, ValueError, yaml.YAMLError) as e:
-            raise SchemaError(f"schema {path.name} cannot be read: {e}",
-                              field=str(path)) from None
-        return cls.parse(raw)
+        return cls.parse(_read_schema_file(Path(path)))
 
     @classmethod
     def parse(cls, raw: Any) -> Schema:
@@ -503,3 +497,31 @@ def disagreements(schema: Schema, card: ModelCard, graph_inputs: Mapping[str, Te
             problems.append(f"{where}: schema feature '{f.name}' has no fitted state in "
                             f"'features'")
     return problems
+
+
+EXTENDS_DEPTH = 4
+"""How many files one schema may reach through ``extends`` (a cycle stops here)."""
+
+
+def _read_schema_file(path: Path, depth: int = 0) -> Any:
+    """A schema file's document, with its ``extends`` base (a path relative to the file)
+    merged beneath it."""
+    try:
+        text = path.read_text()
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise SchemaError(f"schema {path.name} cannot be read: {e}", field=str(path)) from None
+    if not isinstance(raw, dict) or "extends" not in raw:
+        return raw
+    base = raw.pop("extends")
+    if not isinstance(base, str) or not base:
+        raise SchemaError(f"schema {path.name}: extends must name a schema file",
+                          field="extends")
+    if depth >= EXTENDS_DEPTH:
+        raise SchemaError(f"schema {path.name}: extends reaches more than {EXTENDS_DEPTH} "
+                          "files (a cycle?)", field="extends")
+    underneath = _read_schema_file(path.parent / base, depth + 1)
+    if not isinstance(underneath, dict):
+        raise SchemaError(f"schema {base} (extended by {path.name}) is not a mapping",
+                          field="extends")
+    return {**underneath, **raw}

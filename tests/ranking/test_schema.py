@@ -156,3 +156,21 @@ def test_unknown_feature_names_are_reported_and_refused_in_strict_mode() -> None
     assert any(f["field"] == "history" and f["kind"] == "id_sequence"
                for f in described["features"])
     assert encoder.candidate_id == "video_id"
+
+
+def test_extends_takes_the_base_file_and_replaces_its_top_level_keys(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text(DEFAULT_SCHEMA_FILE.read_text())
+    (tmp_path / "variant.yaml").write_text(
+        "extends: base.yaml\nvalue_weights: {click: 2.0}\n")
+    base, variant = Schema.load(tmp_path / "base.yaml"), Schema.load(tmp_path / "variant.yaml")
+    assert variant.value_weights == {"click": 2.0}
+    assert variant.features == base.features
+    assert variant.tasks == base.tasks
+
+
+@pytest.mark.parametrize("text", ["extends: 3\n", "extends: ''\n", "extends: loop.yaml\n"])
+def test_extends_errors_name_the_field(tmp_path: Path, text: str) -> None:
+    (tmp_path / "loop.yaml").write_text(text)
+    with pytest.raises(SchemaError) as raised:
+        Schema.load(tmp_path / "loop.yaml")
+    assert raised.value.field == "extends"
