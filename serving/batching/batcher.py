@@ -306,8 +306,7 @@ class Batcher:
         policy = self.policy
         mergeable = policy.batching and self.layout.splittable
         taken: list[Entry] = []
-        rows = 0  # every row the batch carries: candidates, and user rows once per request
-        users = 0  # of which user rows
+        candidates = users = 0  # the batch's rows: user rows once per request
         by = math.inf
         while self._queue:
             chunk = self._queue.head()
@@ -315,23 +314,19 @@ class Batcher:
                 self._queue.pop()
                 continue
             same_job = any(c.job is chunk.job for _, _, c in taken)
-            more_users = 0 if same_job else self.layout.user_rows_of(chunk.job.inputs)
-            more = chunk.rows + more_users
+            grown = (candidates + chunk.rows,
+                     users + (0 if same_job else self.layout.user_rows_of(chunk.job.inputs)))
             if taken and (not mergeable
                           or chunk.job.signature != taken[0][2].job.signature
-                          or rows + more > policy.batch_rows
-                          or now + self.latency.bound(rows + more - users - more_users,
-                                                      users + more_users)
-                          > min(by, chunk.job.dispatch_by)
-                          or (policy.buckets is not None and not policy.buckets.holds(
-                              rows + more - users - more_users, users + more_users))
+                          or sum(grown) > policy.batch_rows
+                          or now + self.latency.bound(*grown) > min(by, chunk.job.dispatch_by)
+                          or (policy.buckets is not None and not policy.buckets.holds(*grown))
                           or (self.slots.free > 0 and same_job)):
                 return taken, True
             taken.append(self._queue.pop())
-            rows += more
-            users += more_users
+            candidates, users = grown
             by = min(by, chunk.job.dispatch_by)
-            if rows >= policy.batch_rows or not mergeable:
+            if candidates + users >= policy.batch_rows or not mergeable:
                 return taken, True
         return taken, False
 
