@@ -72,14 +72,16 @@ export: $(TRAIN_ENV)
 	$(BIN)/rankserve export --data $(DATA) --model-repository $(MODEL_REPOSITORY)
 
 # The second ranker (docs/schema.md): a synthetic multi-format log, trained and exported from
-# its own schema file as model_repository/multiformat_ranker (the next version number).
+# its own schema file as model_repository/multiformat_ranker (the next version number), with
+# the optimiser settings its committed version was trained with (feed_ranker's before its
+# counters: no id dropout, wide L2 1e-5; it has no counters to learn instead of ids).
 SYNTHETIC ?= runs/data/multiformat
 synthetic: $(TRAIN_ENV)
 	$(BIN)/python -m serving.train.synthetic --out $(SYNTHETIC)
 
 multiformat: synthetic
 	$(BIN)/rankserve train --schema serving/train/schemas/multiformat.yaml --data $(SYNTHETIC) \
-		--run-dir runs/multiformat_ranker --baseline
+		--run-dir runs/multiformat_ranker --baseline --wide-l2 1e-5 --item-id-dropout 0
 	$(BIN)/rankserve export --run-dir runs/multiformat_ranker --data $(SYNTHETIC) \
 		--name multiformat_ranker --model-repository $(MODEL_REPOSITORY)
 

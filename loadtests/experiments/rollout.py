@@ -63,8 +63,9 @@ GATEWAY_SETTINGS = {
 def build_versions(root: Path) -> Path:
     """Version 1 (the committed model) and version 2 (its gate weights rescaled by a
     seeded uniform factor in [0, 2)) under ``root``, each a complete version folder with
-    its model card (version and sha256 updated)."""
+    its model card (version and sha256 updated) and the same counter snapshot."""
     shutil.copytree(REPOSITORY / MODEL / "1", root / "1")
+    shutil.copytree(root / "1", root / "2")
     graph = onnx.load(str(REPOSITORY / MODEL / "1" / ONNX_FILE))
     rng = np.random.default_rng(7)
     for i, tensor in enumerate(graph.graph.initializer):
@@ -72,7 +73,6 @@ def build_versions(root: Path) -> Path:
             weights = numpy_helper.to_array(tensor)
             changed = weights * rng.uniform(0.0, 2.0, weights.shape).astype(weights.dtype)
             graph.graph.initializer[i].CopyFrom(numpy_helper.from_array(changed, tensor.name))
-    (root / "2").mkdir()
     onnx.save(graph, str(root / "2" / ONNX_FILE))
     card = ModelCard.load(REPOSITORY / MODEL / "1" / CARD_FILE)
     replace(card, version=2, onnx_sha256=sha256_of(root / "2" / ONNX_FILE)).save(

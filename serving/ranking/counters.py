@@ -25,6 +25,9 @@ from serving.ranking.lookup import as_float_column, int_keys
 from serving.repository.counters import CounterSnapshot, CounterTable, pack_keys
 from serving.repository.schema import Schema
 
+_Parsed = dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_] | None]]
+"""Candidate key columns parsed by :func:`int_keys` in one request: keys, missing mask."""
+
 
 class _Overlay(Mapping[str, Any]):
     """The request's candidate columns with the joined counter columns in front."""
@@ -84,6 +87,9 @@ class CounterJoin:
              ) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
         """``user`` and ``candidates`` with every counter feature they lack joined in.
 
+        A candidate key column parsed here without nulls is passed on as its ``int64``
+        array, so the encoder does not parse the JSON list a second time.
+
         Raises:
             InvalidFeature: a candidate key column, or a counter value sent, is not numeric
                 (naming the field).
@@ -91,19 +97,25 @@ class CounterJoin:
         if self.user_tables:
             user = self._fill_user(user)
         extra: dict[str, Any] = {}
+        parsed: _Parsed = {}
+        present = frozenset(candidates)  # one pass over row-wise JSON, not one per feature
         for table in self.item_tables:
             sent = {name: as_float_column(candidates[name], n, f"candidates.{name}")
-                    for name in table.features if candidates.get(name) is not None}
+                    for name in table.features
+                    if name in present and candidates.get(name) is not None}
             wanted = [j for j, name in enumerate(table.features)
                       if name not in sent or np.isnan(sent[name]).any()]
             if not wanted:
                 continue
-            values = table.lookup(*self._item_keys(table, user, candidates, n))
+            values = table.lookup(*self._item_keys(table, user, candidates, n, parsed))
+            columns = values.T.astype(np.float64)  # one contiguous column per feature
             for j in wanted:
                 name = table.features[j]
                 got = sent.get(name)
-                extra[name] = values[:, j].astype(np.float64) if got is None \
-                    else np.where(np.isnan(got), values[:, j], got)
+                extra[name] = columns[j] if got is None \
+                    else np.where(np.isnan(got), columns[j], got)
+        extra.update((name, keys) for name, (keys, missing) in parsed.items()
+                     if missing is None)
         return user, (_Overlay(candidates, extra) if extra else candidates)
 
     def _fill_user(self, user: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -120,8 +132,10 @@ class CounterJoin:
         return out
 
     def _item_keys(self, table: CounterTable, user: Mapping[str, Any],
-                   candidates: Mapping[str, Any], n: int
-                   ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+                   candidates: Mapping[str, Any], n: int,
+                   parsed: _Parsed) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """The table's packed keys per candidate and where they are valid; a candidate
+        column is parsed once per request (``parsed``), however many tables it keys."""
         columns, valid = [], np.ones(n, dtype=bool)
         for name in table.key:
             if name in self.user_keys:
@@ -134,7 +148,9 @@ class CounterJoin:
                 columns.append(np.zeros(n, dtype=np.int64))
                 valid[:] = False
                 continue
-            keys, missing = int_keys(raw, n, f"candidates.{name}", required=False)
+            if name not in parsed:
+                parsed[name] = int_keys(raw, n, f"candidates.{name}", required=False)
+            keys, missing = parsed[name]
             columns.append(keys)
             if missing is not None:
                 valid &= ~missing

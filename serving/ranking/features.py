@@ -27,6 +27,7 @@ skip per-value Python work entirely (:mod:`serving.ranking.lookup`).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,16 +93,16 @@ class _RowColumns(Mapping[str, list[Any]]):
         self._names: dict[str, None] | None = None
 
     def _all_names(self) -> dict[str, None]:
-        if self._names is None:  # linear in the keys of the body
-            self._names = {}
-            for row in self._rows:
-                self._names.update(dict.fromkeys(row))
+        if self._names is None:  # linear in the keys of the body, one pass in C
+            self._names = dict.fromkeys(itertools.chain.from_iterable(self._rows))
         return self._names
 
     def __getitem__(self, name: str) -> list[Any]:
         column = self._built.get(name)
         if column is not None:
             return column
+        if self._names is not None and name not in self._names:
+            raise KeyError(name)  # no row has it: known without another pass
         column = [row.get(name, _ABSENT) for row in self._rows]
         kinds = set(map(type, column))
         if not column or kinds == {_Absent}:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -240,19 +241,29 @@ class CounterTable:
     values: npt.NDArray[np.float32]
     prior: npt.NDArray[np.float32]
 
+    @cached_property
+    def _rows(self) -> npt.NDArray[np.float32]:
+        """``values`` with the prior as one more row (index ``len(keys)``), so a lookup is
+        one gather (``np.take``, several times faster than assigning the prior to the
+        misses of a fancy-indexed copy)."""
+        rows: npt.NDArray[np.float32] = np.vstack([self.values.reshape(len(self.keys), -1),
+                                                   self.prior[None, :]])
+        return rows
+
     def lookup(self, keys: npt.NDArray[np.int64], valid: npt.NDArray[np.bool_] | None = None
                ) -> npt.NDArray[np.float32]:
         """``[n, F]`` values of ``keys``; the prior row where a key is unknown or invalid.
         One ``searchsorted`` over the sorted keys, no Python per row."""
-        if not len(self.keys):
+        known = len(self.keys)
+        if not known:
             return np.broadcast_to(self.prior, (len(keys), len(self.prior))).copy()
-        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
-        miss = self.keys[at] != keys
+        at = np.searchsorted(self.keys, keys)
+        np.minimum(at, known - 1, out=at)
+        miss = np.take(self.keys, at) != keys
         if valid is not None:
             miss |= ~valid
-        out: npt.NDArray[np.float32] = self.values[at]
-        if miss.any():
-            out[miss] = self.prior
+        at[miss] = known
+        out: npt.NDArray[np.float32] = np.take(self._rows, at, axis=0)
         return out
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -177,13 +177,25 @@ class Schema:
         """What a request may send on ``side`` (``user``, ``context``, ``candidate``)."""
         return frozenset(f.name for f in self.features if f.side == side)
 
+    def counter_features(self) -> frozenset[str]:
+        """The numeric features the counters produce: computed in training, joined from the
+        snapshot when serving, so neither the schema file nor a request need declare them."""
+        return frozenset(n for c in self.counters for n in c.feature_names())
+
+    def without_counters(self) -> Schema:
+        """This schema with no counters and none of their features (the ablation, and the
+        baseline the card reports beside the one with counters)."""
+        produced = self.counter_features()
+        return replace(self, counters=(),
+                       features=tuple(f for f in self.features if f.name not in produced))
+
     def labels(self) -> dict[str, str]:
         return {t.name: t.label or t.name for t in self.tasks}
 
     # -- reading and writing ---------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        produced = {n for c in self.counters for n in c.feature_names()}
+        produced = self.counter_features()
         out: dict[str, Any] = {"name": self.name,
                                "features": [f.to_dict() for f in self.features
                                             if f.name not in produced],

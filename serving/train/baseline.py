@@ -10,14 +10,16 @@ vocabulary. The L2 strength ``C`` is tuned per task on the validation days (the 
 refitted on all training days with the best ``C`` and evaluated on the test days.
 
 Run: ``python -m serving.train.baseline [--data DIR] [--schema FILE]
-[--out runs/feed_ranker/baseline.json]`` (``rankserve train --baseline`` runs it too). A
-schema with counters gives the baseline its counting features as numerics (their priors
-fitted on the training days, as the ranker's are): the fair reference for that ranker.
+[--run-dir runs/feed_ranker]`` (``rankserve train --baseline`` runs it too). A schema with
+counters gives the baseline its counting features as numerics (their priors fitted on the
+training days, as the ranker's are), the fair reference for that ranker; the LR without
+them is fitted too (``baseline_ids``), so the card shows what the counters add to each.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -36,7 +38,9 @@ from serving.train.dataset import EncodedSplit, fit_encoder
 from serving.train.trainer import task_metrics
 
 C_GRID = (0.03, 0.1, 0.3, 1.0, 3.0)
-BASELINE_FILE = "baseline.json"
+BASELINE_FILES = {"baseline": "baseline.json", "baseline_ids": "baseline_ids.json"}
+"""The card's metrics key of each baseline and its file beside the checkpoint: the LR on
+the ranker's own features, and (a schema with counters) the LR on ids and features only."""
 BINS = 10
 
 
@@ -127,16 +131,28 @@ def run_baseline(log: Log, c_grid: Sequence[float] = C_GRID) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - started, 1)}
 
 
+def run_baselines(log: Log, run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every baseline of ``BASELINE_FILES`` the schema calls for, each written to its file
+    in ``run_dir`` as soon as it is fitted (a few minutes each)."""
+    logs = {"baseline": log}
+    if log.schema.counters:
+        logs["baseline_ids"] = dataclasses.replace(log, schema=log.schema.without_counters())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for key, part in logs.items():
+        out[key] = run_baseline(part)
+        (run_dir / BASELINE_FILES[key]).write_text(json.dumps(out[key], indent=1) + "\n")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=None)
     parser.add_argument("--schema", type=Path, default=DEFAULT_SCHEMA_FILE)
-    parser.add_argument("--out", type=Path, default=Path("runs/feed_ranker") / BASELINE_FILE)
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/feed_ranker"))
     args = parser.parse_args(argv)
-    result = run_baseline(load_log(args.data, Schema.load(args.schema)))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result["test"], indent=1))
+    results = run_baselines(load_log(args.data, Schema.load(args.schema)), args.run_dir)
+    print(json.dumps({key: r["test"] for key, r in results.items()}, indent=1))
     return 0
 
 

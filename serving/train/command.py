@@ -40,6 +40,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="learning rate of the wide part (default: %(default)s)")
     parser.add_argument("--wide-l2", type=float, default=defaults.get("wide_l2"),
                         help="L2 penalty of the wide part (default: %(default)s)")
+    parser.add_argument("--task-wide-l2", action="append", default=[], metavar="TASK=L2",
+                        help="the wide part's L2 for one task, where it differs from "
+                             "--wide-l2 (repeatable; default: the committed model's, "
+                             "TrainConfig.task_wide_l2)")
+    parser.add_argument("--user-id-dropout", type=float,
+                        default=defaults.get("user_id_dropout"),
+                        help="share of training requests whose user id is hidden, so what "
+                             "the counters say of a user is learned too (default: %(default)s)")
+    parser.add_argument("--item-id-dropout", type=float,
+                        default=defaults.get("item_id_dropout"),
+                        help="the same for candidate ids (default: %(default)s)")
+    parser.add_argument("--wide-bins", type=int, default=0,
+                        help="quantile buckets per numeric feature in the wide part, 0 for "
+                             "none (default: %(default)s)")
+    parser.add_argument("--wide-cross", action="append", default=[], metavar="USER:ITEM",
+                        help="cross a user-side and a candidate categorical in the wide part, "
+                             "e.g. user_id:author_id (repeatable; default: none)")
     parser.add_argument("--seed", type=int, default=defaults.get("seed"),
                         help="random seed (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=defaults.get("threads"),
@@ -52,11 +69,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="tuning mode: train on the split's tune days, evaluate on its "
                              "validation days (KuaiRand: 04-25..05-03, 05-04) (default: off)")
     parser.add_argument("--baseline", action="store_true",
-                        help="also fit the logistic-regression baseline (about 3 minutes) and "
-                             "save it beside the checkpoint for the model card's baseline "
-                             "section (default: off)")
+                        help="also fit the logistic-regression baselines (about 5 minutes "
+                             "each: on the ranker's features and, with counters, without "
+                             "them) and save them beside the checkpoint for the model card "
+                             "(default: off)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar (default: off)")
+
+
+def _task_values(pairs: list[str]) -> dict[str, float]:
+    """``TASK=L2`` flags as a dict; a malformed one is a ValueError naming it."""
+    out = {}
+    for pair in pairs:
+        task, sep, value = pair.partition("=")
+        try:
+            out[task] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not task:
+            raise ValueError(f"--task-wide-l2 {pair!r}: expected TASK=L2, e.g. like=3e-5")
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,27 +99,36 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from serving.repository.schema import Schema
-    from serving.train.baseline import BASELINE_FILE, run_baseline
+    from serving.train.baseline import run_baselines
     from serving.train.data import load_log
     from serving.train.model import ModelConfig
     from serving.train.pipeline import run_training, save_checkpoint
     from serving.train.trainer import TrainConfig
 
     cfg = TrainConfig(epochs=args.epochs, batch_rows=args.batch_rows, lr=args.lr,
-                      wide_lr=args.wide_lr, wide_l2=args.wide_l2, seed=args.seed,
+                      wide_lr=args.wide_lr, wide_l2=args.wide_l2,
+                      task_wide_l2={**TrainConfig().task_wide_l2,
+                                    **_task_values(args.task_wide_l2)},
+                      user_id_dropout=args.user_id_dropout,
+                      item_id_dropout=args.item_id_dropout, seed=args.seed,
                       threads=args.threads, max_steps=args.max_steps)
     schema = Schema.load(args.schema)
+    unknown = set(_task_values(args.task_wide_l2)) - {t.name for t in schema.tasks}
+    if unknown:
+        raise ValueError(f"--task-wide-l2 names tasks {schema.name} lacks: "
+                         f"{', '.join(sorted(unknown))}")
     log = load_log(args.data, schema)
     split = log.layout.split
     train_days, eval_days = (split.tune, split.validation) if args.validate \
         else (split.train, split.test)
-    result = run_training(log, cfg, ModelConfig(wide=not args.no_wide), train_days, eval_days,
+    model_cfg = ModelConfig(wide=not args.no_wide, wide_bins=args.wide_bins,
+                            wide_crosses=[pair.split(":") for pair in args.wide_cross])
+    result = run_training(log, cfg, model_cfg, train_days, eval_days,
                           progress=not args.no_progress, schema=schema)
     path = save_checkpoint(result, args.run_dir)
     print(json.dumps({"metrics": result.metrics, "training": result.training}, indent=1))
     print(f"checkpoint: {path}")
     if args.baseline:
-        baseline = run_baseline(log)
-        (args.run_dir / BASELINE_FILE).write_text(json.dumps(baseline, indent=1) + "\n")
-        print(json.dumps({"baseline": baseline["test"]}, indent=1))
+        baselines = run_baselines(log, args.run_dir)
+        print(json.dumps({key: b["test"] for key, b in baselines.items()}, indent=1))
     return 0

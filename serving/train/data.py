@@ -59,13 +59,18 @@ Grouping = Literal["minute", "day"]
 """``minute``: ``data.request.keys`` (training); ``day``: ``data.request.replay_keys``."""
 
 
-def _names(schema: Schema, side: str) -> list[str]:
-    return [f.name for f in schema.features if f.side == side and f.kind != "id_sequence"]
+def _names(schema: Schema, side: str, sent: bool = False) -> list[str]:
+    """The raw features of ``side`` but the id sequences (built from the log); ``sent``:
+    only those a feed backend sends, so not the counters either (the gateway joins them
+    from the model's snapshot)."""
+    counters = schema.counter_features() if sent else frozenset()
+    return [f.name for f in schema.features
+            if f.side == side and f.kind != "id_sequence" and f.name not in counters]
 
 
-USER_COLUMNS = _names(DEFAULT_SCHEMA, "user")
-CONTEXT_COLUMNS = _names(DEFAULT_SCHEMA, "context")
-ITEM_COLUMNS = _names(DEFAULT_SCHEMA, "candidate")
+USER_COLUMNS = _names(DEFAULT_SCHEMA, "user", sent=True)
+CONTEXT_COLUMNS = _names(DEFAULT_SCHEMA, "context", sent=True)
+ITEM_COLUMNS = _names(DEFAULT_SCHEMA, "candidate", sent=True)
 
 
 class DataNotFound(FileNotFoundError):
@@ -185,7 +190,9 @@ def group_requests(log: Log, by: Grouping = "minute") -> Requests:
     request = items.groupby(keys, sort=False).ngroup().to_numpy()
     items["request"] = request
     first = items.groupby("request", sort=True).head(1)
-    columns = [*_names(schema, "user"), *_names(schema, "context")]
+    # The counters are columns only once training attached them (serving/train/counters.py).
+    sent = not schema.counter_features() <= set(items.columns)
+    columns = [*_names(schema, "user", sent), *_names(schema, "context", sent)]
     columns += [c for c in [*keys, layout.day, *times] if c not in columns]
     sequences = {f.name: f for f in schema.group_features("user", "seq")}
     listed = [s.column for name, s in layout.sequences.items() if s.column is not None]
@@ -257,8 +264,8 @@ def request_bodies(grouped: Requests, which: Sequence[int]) -> list[dict[str, An
     layout = DataLayout.of(schema)
     id_fields = [layout.day, *(k for k in layout.replay_keys if k != layout.day),
                  *([layout.time] if layout.time else [])]
-    user, context = _names(schema, "user"), _names(schema, "context")
-    items_of = _names(schema, "candidate")
+    user, context = _names(schema, "user", sent=True), _names(schema, "context", sent=True)
+    items_of = _names(schema, "candidate", sent=True)
     bodies = []
     for i in which:
         req = grouped.requests.iloc[i].to_dict()

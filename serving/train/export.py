@@ -26,7 +26,7 @@ from serving.repository.card import CARD_FILE, ONNX_FILE, ModelCard, sha256_of
 from serving.repository.config import write_config
 from serving.repository.schema import PROBS, Schema
 from serving.repository.tensors import TensorSpec, wire_of_numpy
-from serving.train.baseline import BASELINE_FILE
+from serving.train.baseline import BASELINE_FILES
 from serving.train.counters import attach_counters, export_counters
 from serving.train.data import DEFAULT_SCHEMA, Log, group_requests
 from serving.train.dataset import EncodedSplit
@@ -113,7 +113,7 @@ def measure_parity(model: FeedRanker, session: ort.InferenceSession, data: Encod
 def _extra_metrics(run_dir: Path) -> dict[str, Any]:
     """Baseline and seed-study results saved beside the checkpoint, when present."""
     out: dict[str, Any] = {}
-    for key, name in (("baseline", BASELINE_FILE), ("seed_study", SEEDS_FILE)):
+    for key, name in (*BASELINE_FILES.items(), ("seed_study", SEEDS_FILE)):
         path = run_dir / name
         if path.is_file():
             out[key] = json.loads(path.read_text())

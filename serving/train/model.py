@@ -15,7 +15,13 @@ candidate rows inside the graph, so a request with 500 candidates pays for its u
   with 4 experts 256-128, and as good on the held-out days; see docs/training.md).
 * Wide part: a per-task logistic regression over every categorical id (user, video,
   author, ...), i.e. one ``T``-wide weight row per id, summed into the deep logits. Ids are
-  what a linear model memorises best and what the deep part alone smooths away.
+  what a linear model memorises best and what the deep part alone smooths away. With
+  ``wide_bins``, every numeric feature also gets one weight row per quantile bucket of its
+  training values (the buckets are cut inside the graph, from boundaries fitted on the
+  training days): a counter's effect on the logit is a step function, which a logistic
+  regression over binned counters fits better than the deep part's smooth one. With
+  ``wide_crosses``, pairs of ids (user x author, ...) get a weight row per pair, hashed into
+  a bounded table.
 
 Only standard ONNX ops are produced (Gather, MatMul, Softmax, Sigmoid, ...), so every
 ONNX Runtime build and Triton's onnxruntime backend can run the exported graph.
@@ -49,6 +55,12 @@ class ModelConfig:
     expert_hidden: list[int] = field(default_factory=lambda: [64, 32])
     tower_hidden: int = 16
     wide: bool = True
+    wide_bins: int = 0
+    """Quantile buckets per numeric feature in the wide part (0: numerics are deep only)."""
+    wide_crosses: list[list[str]] = field(default_factory=list)
+    """Pairs ``[user-side categorical, candidate categorical]`` crossed in the wide part."""
+    cross_buckets: int = 1 << 17
+    """Rows of each cross's table: the exact pair space when smaller, else hashed into it."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -162,6 +174,61 @@ class MMoE(nn.Module):
         return torch.cat([tower(mixed[:, t]) for t, tower in enumerate(self.towers)], dim=1)
 
 
+class NumericBins(nn.Module):
+    """``[B, F]`` numerics -> ``[B, T]``: the sum of one weight row per feature's bucket.
+
+    The boundaries are a buffer (saved with the weights, constants of the exported graph);
+    a value above ``k`` of its feature's boundaries is in bucket ``k``. Repeated boundaries
+    (a feature with many equal values, e.g. zero counts) only leave some buckets empty.
+    """
+
+    def __init__(self, features: int, bins: int, tasks: int) -> None:
+        super().__init__()
+        self.boundaries: Tensor
+        self.offsets: Tensor
+        self.register_buffer("boundaries", torch.zeros(features, bins - 1))
+        self.register_buffer("offsets", torch.arange(features) * bins, persistent=False)
+        self.table = nn.Embedding(features * bins, tasks)
+        nn.init.zeros_(self.table.weight)
+
+    @torch.no_grad()
+    def fit(self, values: Tensor) -> None:
+        """Boundaries at the training values' quantiles ``1/bins .. (bins-1)/bins``."""
+        bins = self.boundaries.shape[1] + 1
+        levels = torch.arange(1, bins, dtype=torch.float64) / bins
+        self.boundaries.copy_(torch.quantile(values.double(), levels, dim=0).T.float())
+
+    def forward(self, values: Tensor) -> Tensor:
+        above = (values.unsqueeze(-1) > self.boundaries).to(values.dtype).sum(dim=-1)
+        out: Tensor = self.table(above.long() + self.offsets).sum(dim=1)
+        return out
+
+
+class IdCross(nn.Module):
+    """One weight row per (user-side id, candidate id) pair: ``[N] x [N] -> [N, T]``.
+
+    The pair ``a * size_b + b`` indexes the table directly when the pair space fits in
+    ``buckets`` rows, else it is scattered by a multiplicative hash into them (collisions
+    share a row, as in any hashed cross). Standard integer ops only (Mul, Add, Mod).
+    """
+
+    HASH = 2654435761  # Knuth's multiplicative constant; pairs < 2**33 keep the product < 2**63
+
+    def __init__(self, size_b: int, pairs: int, buckets: int, tasks: int) -> None:
+        super().__init__()
+        self.size_b, self.hashed = size_b, pairs > buckets
+        self.rows = min(pairs, buckets)
+        self.table = nn.Embedding(self.rows, tasks)
+        nn.init.zeros_(self.table.weight)
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        pair = a * self.size_b + b
+        if self.hashed:
+            pair = torch.remainder(pair * self.HASH, self.rows)
+        out: Tensor = self.table(pair)
+        return out
+
+
 class FeedRanker(nn.Module):
     """``probs[N, T] = sigmoid(deep_logits + wide_logits)``; see the module docstring."""
 
@@ -172,6 +239,7 @@ class FeedRanker(nn.Module):
         super().__init__()
         cfg = config or ModelConfig()
         self.config = cfg
+        self.task_names = tuple(tasks)
         n_tasks = len(tasks)
         schema = schema or DEFAULT_SCHEMA
         user_sizes = [cardinalities[f.name] for f in schema.group_features("user", "cat")]
@@ -196,8 +264,35 @@ class FeedRanker(nn.Module):
         self.mmoe = MMoE(dim, n_tasks, cfg.experts, cfg.expert_hidden, cfg.tower_hidden)
         self.wide_user = StackedEmbedding([cardinalities[user_id.name], *user_sizes], n_tasks, 0.0)
         self.wide_item = StackedEmbedding([cardinalities[item_id.name], *item_sizes], n_tasks, 0.0)
+        self.wide_user_num = NumericBins(n_user_num, cfg.wide_bins, n_tasks) \
+            if cfg.wide_bins and n_user_num else None
+        self.wide_item_num = NumericBins(n_item_num, cfg.wide_bins, n_tasks) \
+            if cfg.wide_bins and n_item_num else None
+        self.cross_columns = [self._cross_column(schema, pair) for pair in cfg.wide_crosses]
+        self.wide_crosses = nn.ModuleList(
+            IdCross(cardinalities[b], cardinalities[a] * cardinalities[b], cfg.cross_buckets,
+                    n_tasks) for a, b in cfg.wide_crosses)
         rates = torch.tensor(prior_rates or [0.5] * n_tasks, dtype=torch.float32)
         self.bias = nn.Parameter(torch.log(rates / (1 - rates)))
+
+    @staticmethod
+    def _cross_column(schema: Schema, pair: Sequence[str]) -> tuple[int, int]:
+        """Where a cross's two ids sit: the column of the user-side one in ``[user_id,
+        user_cat]`` and of the candidate one in ``[item_id, item_cat]``."""
+        user = [schema.id_feature("user"), *schema.group_features("user", "cat")]
+        item = [schema.id_feature("item"), *schema.group_features("item", "cat")]
+        names = ([f.name for f in user if f], [f.name for f in item if f])
+        if len(pair) != 2 or pair[0] not in names[0] or pair[1] not in names[1]:
+            raise ValueError(f"wide cross {list(pair)} must name a user-side categorical "
+                             f"({names[0]}) and a candidate one ({names[1]})")
+        return names[0].index(pair[0]), names[1].index(pair[1])
+
+    def fit_wide_bins(self, user_num: Tensor, item_num: Tensor) -> None:
+        """Cut the numeric buckets at the training values' quantiles (before training)."""
+        if self.wide_user_num is not None:
+            self.wide_user_num.fit(user_num)
+        if self.wide_item_num is not None:
+            self.wide_item_num.fit(item_num)
 
     def user_tower(self, user_id: Tensor, user_cat: Tensor, user_num: Tensor,
                    history: Tensor) -> Tensor:
@@ -210,7 +305,9 @@ class FeedRanker(nn.Module):
 
     def wide_params(self) -> list[Tensor]:
         """The wide part's weights (trained with their own optimizer and L2)."""
-        return [self.wide_user.table.weight, self.wide_item.table.weight]
+        extra = [m.table.weight for m in (self.wide_user_num, self.wide_item_num,
+                                            *self.wide_crosses) if m is not None]
+        return [self.wide_user.table.weight, self.wide_item.table.weight, *extra]
 
     def forward(self, user_id: Tensor, user_cat: Tensor, user_num: Tensor, history: Tensor,
                 item_id: Tensor, item_cat: Tensor, item_num: Tensor,
@@ -229,8 +326,17 @@ class FeedRanker(nn.Module):
                           self.item_cat_emb(item_cat).reshape(rows, -1), item_num], dim=1)
         x0 = torch.cat([user[item_to_user], item], dim=1)
         logits: Tensor = self.mmoe(self.cross(x0)) + self.bias
-        if self.config.wide:
-            user_wide = self.wide_user(torch.cat([user_id.unsqueeze(1), user_cat], dim=1))
-            item_wide = self.wide_item(torch.cat([item_id.unsqueeze(1), item_cat], dim=1))
-            logits = logits + user_wide.sum(dim=1)[item_to_user] + item_wide.sum(dim=1)
-        return logits
+        if not self.config.wide:
+            return logits
+        user_ids = torch.cat([user_id.unsqueeze(1), user_cat], dim=1)
+        item_ids = torch.cat([item_id.unsqueeze(1), item_cat], dim=1)
+        user_wide = self.wide_user(user_ids).sum(dim=1)
+        if self.wide_user_num is not None:
+            user_wide = user_wide + self.wide_user_num(user_num)
+        item_wide = self.wide_item(item_ids).sum(dim=1)
+        if self.wide_item_num is not None:
+            item_wide = item_wide + self.wide_item_num(item_num)
+        for (a, b), cross in zip(self.cross_columns, self.wide_crosses, strict=True):
+            item_wide = item_wide + cross(user_ids[:, a][item_to_user], item_ids[:, b])
+        out: Tensor = logits + user_wide[item_to_user] + item_wide
+        return out

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from serving.ranking.features import FeatureEncoder
+from serving.ranking.features import ITEM_NUM, USER_NUM, FeatureEncoder
 from serving.repository.schema import Schema
 from serving.train.counters import attach_counters, fit_priors, liked_before
 from serving.train.data import (
@@ -74,6 +74,8 @@ def run_training(log: Log, cfg: TrainConfig, model_cfg: ModelConfig | None = Non
     model = FeedRanker(encoder.cardinalities(), tasks, model_cfg,
                        prior_rates=np.clip(train.labels.mean(axis=0), 1e-4, 1 - 1e-4).tolist(),
                        schema=schema)
+    model.fit_wide_bins(torch.from_numpy(train.users[USER_NUM]),
+                        torch.from_numpy(train.items[ITEM_NUM]))
     fit = train_model(model, train, cfg, progress=progress)
     probs = predict(model, held_out)
     metrics = task_metrics(held_out.labels, probs, tasks)
@@ -127,7 +129,8 @@ def load_checkpoint(run_dir: Path) -> tuple[FeedRanker, FeatureEncoder, dict[str
     saved: dict[str, Any] = torch.load(path, weights_only=True)
     encoder = FeatureEncoder.from_card(saved["encoder"], saved.get("schema"))
     # a checkpoint from before ``cross_rank`` existed has full-rank cross layers
-    model_cfg = ModelConfig(**{"cross_rank": None, **saved["model_config"]})
+    model_cfg = ModelConfig(**{"cross_rank": None, "wide_bins": 0, "wide_crosses": [],
+                               **saved["model_config"]})
     model = FeedRanker(encoder.cardinalities(), saved["tasks"], model_cfg,
                        schema=encoder.schema)
     model.load_state_dict(saved["state_dict"])

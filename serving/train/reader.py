@@ -260,7 +260,7 @@ def read_impressions(schema: Schema, data_dir: Path) -> pd.DataFrame:
 
 def _check_columns(frame: pd.DataFrame, schema: Schema, layout: DataLayout) -> None:
     """Every column the schema names is in ``frame``; else SchemaError naming the field."""
-    produced = {n for c in schema.counters for n in c.feature_names()}  # train/counters.py
+    produced = schema.counter_features()  # train/counters.py
     for i, f in enumerate(schema.features):
         if f.kind != "id_sequence" and f.name not in produced:
             _require(frame, f.name, f"features[{i}].{'column' if f.column else 'name'}",

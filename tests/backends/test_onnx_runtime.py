@@ -11,7 +11,7 @@ import pytest
 
 from serving.backends.onnx_runtime import OnnxRuntimeBackend, choose_providers
 from serving.errors import BackendError, DeadlineExceeded, ModelCardError
-from serving.ranking.features import MODEL_INPUTS
+from serving.ranking.features import ITEM_NUMERIC, MODEL_INPUTS, USER_NUMERIC
 from tests.batching.tiny_models import GATHER_ADD_CONFIG, gather_add, write_model
 
 RANKER = Path(__file__).resolve().parents[2] / "model_repository" / "feed_ranker" / "1" / \
@@ -22,10 +22,10 @@ def ranker_inputs(rows: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {
         "user_id": rng.integers(0, 100, 1), "user_cat": rng.integers(0, 3, (1, 27)),
-        "user_num": rng.normal(size=(1, 4)).astype(np.float32),
+        "user_num": rng.normal(size=(1, len(USER_NUMERIC))).astype(np.float32),
         "history": rng.integers(0, 100, (1, 20)), "item_id": rng.integers(0, 100, rows),
         "item_cat": rng.integers(0, 3, (rows, 6)),
-        "item_num": rng.normal(size=(rows, 4)).astype(np.float32),
+        "item_num": rng.normal(size=(rows, len(ITEM_NUMERIC))).astype(np.float32),
         "item_to_user": np.zeros(rows, dtype=np.int64)}
 
 

@@ -57,6 +57,7 @@ import asyncio, json
 import numpy as np
 from serving.backends.onnx_runtime import OnnxRuntimeBackend
 from serving.backends.ort_providers import ProviderPlan
+from serving.ranking.features import ITEM_NUMERIC, USER_NUMERIC
 
 RANKER = "model_repository/feed_ranker/1/model.onnx"
 
@@ -66,10 +67,10 @@ async def main():
     await backend.start()
     rows, rng = 50, np.random.default_rng(0)
     inputs = {"user_id": rng.integers(0, 100, 1), "user_cat": rng.integers(0, 3, (1, 27)),
-              "user_num": rng.normal(size=(1, 4)).astype(np.float32),
+              "user_num": rng.normal(size=(1, len(USER_NUMERIC))).astype(np.float32),
               "history": rng.integers(0, 100, (1, 20)), "item_id": rng.integers(0, 100, rows),
               "item_cat": rng.integers(0, 3, (rows, 6)),
-              "item_num": rng.normal(size=(rows, 4)).astype(np.float32),
+              "item_num": rng.normal(size=(rows, len(ITEM_NUMERIC))).astype(np.float32),
               "item_to_user": np.zeros(rows, dtype=np.int64)}
     out = await backend.infer("feed_ranker", inputs, 30.0)
     print(json.dumps({"providers": backend.session_providers(),

@@ -3,7 +3,7 @@ direct ONNX Runtime reference that scores the same requests without the gateway.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,11 @@ from serving.backends.base import Backend
 from serving.backends.factory import build_backend
 from serving.gateway.app import create_app
 from serving.gateway.keys import DATA_PLANE, METRICS
+from serving.ranking.counters import CounterJoin
 from serving.ranking.features import ITEM_TO_USER, FeatureEncoder, columns_from_rows
-from serving.repository.card import ModelCard
+from serving.repository.card import CARD_FILE, ONNX_FILE, ModelCard
+from serving.repository.counters import SNAPSHOT_FILE, CounterSnapshot
+from serving.repository.schema import schema_of_card
 from serving.settings import Settings
 from serving.train.data import load_requests
 from tests.batching.pausable import PausableBackend
@@ -36,22 +39,46 @@ def heldout() -> list[dict[str, Any]]:
 
 @dataclass
 class Reference:
-    """Scores a /v1/rank document with ONNX Runtime directly, bypassing the gateway."""
+    """Scores a /v1/rank document with ONNX Runtime directly, bypassing the gateway (the
+    counters a document lacks joined from the version's snapshot, as a served version does;
+    tests/gateway/test_counter_snapshot_http.py checks that join on its own)."""
 
     session: ort.InferenceSession
     encoder: FeatureEncoder
     card: ModelCard
+    join: CounterJoin | None = None
+
+    @classmethod
+    def load(cls, version_dir: Path) -> Reference:
+        card = ModelCard.load(version_dir / CARD_FILE)
+        schema = schema_of_card(card)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        session = ort.InferenceSession(str(version_dir / ONNX_FILE), options,
+                                       providers=["CPUExecutionProvider"])
+        snapshot = version_dir / SNAPSHOT_FILE
+        join = CounterJoin.of(CounterSnapshot.load(snapshot), schema) \
+            if snapshot.is_file() else None
+        return cls(session, FeatureEncoder.from_card(card.features, schema), card, join)
 
     def probs(self, document: dict[str, Any]) -> np.ndarray:
+        return self.session.run(["probs"], self.tensors(document))[0]
+
+    def tensors(self, document: dict[str, Any]) -> dict[str, np.ndarray]:
+        """The model's inputs for ``document`` (one request row)."""
         rows = document["candidates"]
         n = len(rows)
-        tensors = self.encoder.encode_items(columns_from_rows(rows, "item"), n)
+        user: Mapping[str, Any] = document["user"]
+        candidates: Mapping[str, Any] = columns_from_rows(rows, "item")
+        if self.join is not None:
+            user, candidates = self.join.fill(user, candidates, n)
+        tensors = self.encoder.encode_items(candidates, n)
         tensors.update(self.encoder.encode_users(
-            {k: [v] for k, v in document["user"].items()},
+            {k: [v] for k, v in user.items()},
             {k: [v] for k, v in document.get("context", {}).items()},
             [document.get("history")], 1))
         tensors[ITEM_TO_USER] = np.zeros(n, dtype=np.int64)
-        return self.session.run(["probs"], tensors)[0]
+        return tensors
 
     def weights(self) -> np.ndarray:
         return np.array([self.card.value_weights.get(t, 0.0) for t in self.card.tasks])
@@ -73,12 +100,7 @@ class Reference:
 
 @pytest.fixture(scope="session")
 def reference() -> Reference:
-    card = ModelCard.load(RANKER / "model_card.json")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(RANKER / "model.onnx"), options,
-                                   providers=["CPUExecutionProvider"])
-    return Reference(session, FeatureEncoder.from_card(card.features), card)
+    return Reference.load(RANKER)
 
 
 @dataclass

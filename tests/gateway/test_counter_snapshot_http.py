@@ -22,7 +22,7 @@ from tests.gateway.test_rank import post
 
 pytestmark = pytest.mark.slow
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "serving" / "train" / "schemas" / \
-    "kuairand_counters.yaml"
+    "kuairand.yaml"
 MODEL = "counters_http"
 
 

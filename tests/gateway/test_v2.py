@@ -12,7 +12,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from serving.ranking.features import ITEM_TO_USER, MODEL_INPUTS
+from serving.ranking.features import MODEL_INPUTS
 from tests.batching.tiny_models import (
     AFFINE_CONFIG,
     GATHER_ADD_CONFIG,
@@ -40,19 +40,6 @@ def ranker_inputs(tensors: dict[str, np.ndarray], binary: bool) -> list[httpclie
     return inputs
 
 
-def encoded(reference: Reference, document: dict[str, Any]) -> dict[str, np.ndarray]:
-    from serving.ranking.features import columns_from_rows
-
-    rows = document["candidates"]
-    tensors = reference.encoder.encode_items(columns_from_rows(rows, "item"), len(rows))
-    tensors.update(reference.encoder.encode_users(
-        {k: [v] for k, v in document["user"].items()},
-        {k: [v] for k, v in document.get("context", {}).items()},
-        [document.get("history")], 1))
-    tensors[ITEM_TO_USER] = np.zeros(len(rows), dtype=np.int64)
-    return tensors
-
-
 async def test_tritonclient_infer_equals_v1_probabilities(
         start_gateway: GatewayFactory, heldout: list[dict[str, Any]],
         reference: Reference) -> None:
@@ -61,7 +48,7 @@ async def test_tritonclient_infer_equals_v1_probabilities(
     ranked = await (await gateway.client.post(
         "/v1/rank", data=orjson.dumps({**document, "return_tasks": True, "budget_ms": 5000}),
         headers={"Content-Type": "application/json"})).json()
-    tensors = encoded(reference, document)
+    tensors = reference.tensors(document)
 
     def call() -> tuple[Any, ...]:
         client = triton(gateway)
@@ -199,7 +186,7 @@ async def test_ranker_ids_past_the_vocabulary_are_400(start_gateway: GatewayFact
                                                       heldout: list[dict[str, Any]],
                                                       reference: Reference) -> None:
     gateway = await start_gateway()
-    tensors = encoded(reference, heldout[0])
+    tensors = reference.tensors(heldout[0])
     tensors["item_cat"] = tensors["item_cat"].copy()
     tensors["item_cat"][0, 0] = 10**9
     body = {"inputs": [{"name": name, "datatype": "INT64" if v.dtype == np.int64 else "FP32",

@@ -3,8 +3,9 @@ the schema (``legacy_encoder.py``, a frozen copy), on real held-out KuaiRand req
 every body form (row-wise JSON, columnar JSON, binary columns, training's columns), and the
 same outcome, errors included, on adversarial values.
 
-Both encoders are built from the committed model card, so these tests check the tensors the
-committed ``feed_ranker`` really receives.
+Both encoders are built from the committed model card's fitted state for every feature the
+old encoder knew: all but the counting features, which came later (their values are joined
+from the snapshot and encoded as any numeric; ``tests/gateway/test_counter_snapshot_http.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from serving.ranking.features import FeatureEncoder, columns_from_rows
 from serving.ranking.ranker import Ranker, RankRequest
 from serving.ranking.value import ValueModel
 from serving.repository.card import ModelCard
+from serving.repository.schema import schema_of_card
 from serving.repository.served import ServedModel
 from serving.wire import columns as wire
 from tests.ranking import legacy_encoder as legacy
@@ -39,13 +41,21 @@ def card() -> ModelCard:
 
 
 @pytest.fixture(scope="module")
-def old(card: ModelCard) -> legacy.FeatureEncoder:
-    return legacy.FeatureEncoder.from_card(card.features)
+def features(card: ModelCard) -> dict[str, Any]:
+    """The card's fitted state without the counting features (the old encoder's card)."""
+    counters = schema_of_card(card).counter_features()
+    return {**card.features, "numeric": [f for f in card.features["numeric"]
+                                         if f["name"] not in counters]}
 
 
 @pytest.fixture(scope="module")
-def ranker(card: ModelCard) -> Ranker:
-    return Ranker(cast(ServedModel, None), FeatureEncoder.from_card(card.features),
+def old(features: dict[str, Any]) -> legacy.FeatureEncoder:
+    return legacy.FeatureEncoder.from_card(features)
+
+
+@pytest.fixture(scope="module")
+def ranker(card: ModelCard, features: dict[str, Any]) -> Ranker:
+    return Ranker(cast(ServedModel, None), FeatureEncoder.from_card(features),
                   ValueModel(card.tasks, card.value_weights))
 
 
@@ -124,13 +134,13 @@ def test_real_held_out_requests_encode_identically(traffic: Any, ranker: Ranker,
     assert checked > 4 * 4000
 
 
-def test_training_columns_encode_identically(traffic: Any, card: ModelCard,
+def test_training_columns_encode_identically(traffic: Any, features: dict[str, Any],
                                              old: legacy.FeatureEncoder) -> None:
     """The training path: many request rows at once, pandas columns (NaN, objects)."""
     from serving.train.data import TEST_DAYS, group_requests, load_log, raw_columns
 
     grouped = group_requests(load_log().days(TEST_DAYS[-1:]), by="minute").head(3000)
-    new = FeatureEncoder.from_card(card.features)
+    new = FeatureEncoder.from_card(features)
     user_cols = [c for c in grouped.requests.columns if c not in ("date", "time_ms")]
     item_cols = [c for c in grouped.items.columns if c in {s.name for s in legacy.ALL_CATEGORICAL}
                  | {s.name for s in legacy.ALL_NUMERIC}]

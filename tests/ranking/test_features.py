@@ -14,7 +14,9 @@ from serving.ranking.features import (
     ALL_NUMERIC,
     HISTORY_LENGTH,
     ITEM_CATEGORICAL,
+    ITEM_NUMERIC,
     USER_CATEGORICAL,
+    USER_NUMERIC,
     FeatureEncoder,
     columns_from_rows,
 )
@@ -65,10 +67,10 @@ def test_json_values_become_tensors_of_the_contract_shapes(encoder: FeatureEncod
     assert users["user_id"].shape == (2,)
     assert users["user_cat"].shape == (2, len(USER_CATEGORICAL))
     assert users["user_num"].dtype == np.float32
-    assert users["user_num"].shape == (2, 4)
+    assert users["user_num"].shape == (2, len(USER_NUMERIC))
     assert users["history"].shape == (2, HISTORY_LENGTH)
     assert items["item_cat"].shape == (3, len(ITEM_CATEGORICAL))
-    assert items["item_num"].shape == (3, 4)
+    assert items["item_num"].shape == (3, len(ITEM_NUMERIC))
     # Known values get ids 1..n in sorted order: user 100 -> 1, 101 -> 2; video 8 -> 2.
     assert users["user_id"].tolist() == [2, 1]
     assert items["item_id"].tolist() == [2, 2, 2]

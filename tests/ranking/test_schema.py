@@ -4,6 +4,7 @@ card's schema, and the O(1) lookup tables against a sorted-search oracle."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from serving.repository.schema import Feature, Schema, SchemaError, schema_of_ca
 from serving.train.data import DEFAULT_SCHEMA_FILE
 from serving.wire.columns import DictColumn
 
+IDS_SCHEMA_FILE = DEFAULT_SCHEMA_FILE.with_name("kuairand_ids.yaml")
 CARD = Path(__file__).resolve().parents[2] / "model_repository" / "feed_ranker" / "1" \
     / "model_card.json"
 
@@ -39,9 +41,15 @@ def test_kuairand_schema_yields_todays_tensor_names_and_widths() -> None:
         assert (spec.shape[1] if len(spec.shape) == 2 else None) == widths[spec.name]
 
 
-def test_committed_card_without_schema_implies_the_same_schema() -> None:
+def test_card_without_schema_implies_the_schema_of_its_features() -> None:
+    """A card written before schemas (the first feed_ranker's: no counters) has only its
+    fitted ``features``; those imply kuairand_ids.yaml, so such a version still serves."""
     card = ModelCard.load(CARD)
-    implied, written = schema_of_card(card), Schema.load(DEFAULT_SCHEMA_FILE)
+    counters = Schema.load(DEFAULT_SCHEMA_FILE).counter_features()
+    features = {**card.features, "numeric": [f for f in card.features["numeric"]
+                                             if f["name"] not in counters]}
+    legacy = dataclasses.replace(card, schema={}, features=features)
+    implied, written = schema_of_card(legacy), Schema.load(IDS_SCHEMA_FILE)
     assert implied.inputs() == written.inputs()
 
     def shape(s: Schema) -> list[tuple[Any, ...]]:

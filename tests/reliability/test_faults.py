@@ -59,10 +59,7 @@ class FaultyBackend(WrappedBackend):
 
 async def start(fault: Fault, marked_doc: dict[str, Any], reference: Reference
                 ) -> tuple[TestClient[Any, Any], FaultyBackend]:
-    user = {k: [v] for k, v in marked_doc["user"].items()}
-    context = {k: [v] for k, v in marked_doc.get("context", {}).items()}
-    marked = reference.encoder.encode_users(user, context, [marked_doc.get("history")],
-                                            1)[USER_NUM][0]
+    marked = reference.tensors(marked_doc)[USER_NUM][0]
     backends: list[FaultyBackend] = []
 
     def factory(s: Settings, models: Mapping[str, Path]) -> Backend:

@@ -13,14 +13,14 @@ from typing import Any
 
 import orjson
 
+from serving.train.data import DEFAULT_SCHEMA
 from tests.gateway.conftest import Gateway, GatewayFactory
 from tests.gateway.test_overload import until
 from tests.reliability.live_gateway import error_of
 
 JSON = {"Content-Type": "application/json"}
 INFER = "/v2/models/feed_ranker/infer"
-WIDTHS = {"user_id": 0, "user_cat": 27, "user_num": 4, "history": 20,
-          "item_id": 0, "item_cat": 6, "item_num": 4, "item_to_user": 0}
+WIDTHS = {name: width or 0 for name, _, width in DEFAULT_SCHEMA.inputs()}
 USER_SIDE = frozenset({"user_id", "user_cat", "user_num", "history"})
 
 

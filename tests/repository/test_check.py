@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from serving.cli import main
+from serving.ranking.features import USER_NUMERIC
 from serving.repository.check import check_repository
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 MODEL = "feed_ranker"
+USER_NUM = len(USER_NUMERIC)  # the committed graph's user_num width
 
 
 @pytest.fixture
@@ -139,8 +141,8 @@ def test_a_card_recording_its_schema_passes(broken_copy: Path) -> None:
 
 @pytest.mark.parametrize(("edit", "message"), [
     (_drop_feature("register_days"),
-     "feed_ranker/1/model_card.json: the schema yields 'user_num' [rows, 3], the graph takes "
-     "dims [-1, 4]"),
+     f"feed_ranker/1/model_card.json: the schema yields 'user_num' [rows, {USER_NUM - 1}], "
+     f"the graph takes dims [-1, {USER_NUM}]"),
     (_drop_feature("history"),
      "feed_ranker/1/model_card.json: graph input 'history' follows from no feature of the "
      "schema"),

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from serving.ranking.value import top_k
+from tests.gateway.conftest import Reference
 from tests.rollout.conftest import MODEL, GatedBackend, GatewayFactory, make_repository
-from tests.rollout.test_split_http import reference
 
 POLL_S = 0.01
 
@@ -59,7 +59,7 @@ async def test_shadow_never_delays_the_response_and_its_comparison_is_exported(
     assert gateway.metric("rankserve_shadow_inflight") == 0
 
     # The exported comparison equals one computed directly with both versions' models.
-    served, shadow = (reference(versions_dir / str(v)) for v in (1, 2))
+    served, shadow = (Reference.load(versions_dir / str(v)) for v in (1, 2))
     weights = served.weights()
     scores_1 = served.probs(document).astype(np.float64) @ weights
     scores_2 = shadow.probs(document).astype(np.float64) @ weights

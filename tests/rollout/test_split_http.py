@@ -7,10 +7,6 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-import onnxruntime as ort
-
-from serving.ranking.features import FeatureEncoder
-from serving.repository.card import CARD_FILE, ONNX_FILE, ModelCard
 from tests.gateway.conftest import Reference
 from tests.rollout.conftest import MODEL, GatewayFactory, make_repository
 
@@ -21,22 +17,13 @@ def assigned(user: Any, share_of_v1: float) -> int:
     return 1 if int.from_bytes(digest, "big") / 2**64 < share_of_v1 / 100 else 2
 
 
-def reference(version_dir: Path) -> Reference:
-    card = ModelCard.load(version_dir / CARD_FILE)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(version_dir / ONNX_FILE), options,
-                                   providers=["CPUExecutionProvider"])
-    return Reference(session, FeatureEncoder.from_card(card.features), card)
-
-
 async def test_each_user_gets_the_assigned_version_scored_by_that_version(
         start_gateway: GatewayFactory, heldout: list[dict[str, Any]], versions_dir: Path,
         tmp_path: Path) -> None:
     repository = make_repository(tmp_path, [1, 2], versions_dir)
     gateway = await start_gateway(model_repository=repository,
                                   rollout={MODEL: {"1": 70, "2": 30}})
-    references = {v: reference(versions_dir / str(v)) for v in (1, 2)}
+    references = {v: Reference.load(versions_dir / str(v)) for v in (1, 2)}
     seen: dict[Any, int] = {}
     for document in heldout[:60]:
         status, answer = await gateway.rank({**document, "return_tasks": True})

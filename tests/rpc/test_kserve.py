@@ -18,7 +18,6 @@ from tritonclient.utils import InferenceServerException
 
 from serving.ranking.features import MODEL_INPUTS
 from tests.gateway.conftest import Reference
-from tests.gateway.test_v2 import encoded
 from tests.rpc.conftest import RpcFactory
 
 DATATYPE = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
@@ -50,7 +49,7 @@ async def test_every_input_raw_and_typed_equals_onnx_runtime(
         start_rpc: RpcFactory, heldout: list[dict[str, Any]], reference: Reference) -> None:
     rpc = await start_rpc()
     document = max(heldout[:50], key=lambda d: len(d["candidates"]))
-    tensors = encoded(reference, document)
+    tensors = reference.tensors(document)
     expected = reference.session.run(["probs"], tensors)[0]
 
     def sync_calls() -> tuple[Any, ...]:
@@ -95,7 +94,7 @@ async def test_every_input_raw_and_typed_equals_onnx_runtime(
 async def test_shares_batches_with_http(start_rpc: RpcFactory, heldout: list[dict[str, Any]],
                                         reference: Reference) -> None:
     rpc = await start_rpc()
-    tensors = encoded(reference, heldout[0])
+    tensors = reference.tensors(heldout[0])
     client = aioclient.InferenceServerClient(rpc.target)
     try:
         await client.infer("feed_ranker", triton_inputs(tensors))
@@ -121,7 +120,7 @@ async def test_errors_are_statuses_tritonclient_can_print(
         start_rpc: RpcFactory, heldout: list[dict[str, Any]], reference: Reference,
         change: str, status: grpc.StatusCode, text: str) -> None:
     rpc = await start_rpc()
-    tensors = encoded(reference, heldout[0])
+    tensors = reference.tensors(heldout[0])
     request = typed_request(tensors)
     if change == "missing":
         del request.inputs[-1]

@@ -85,3 +85,15 @@ def test_train_reports_missing_data_in_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1
     assert "Traceback" not in result.stderr
     assert lines[0].startswith(f"rankserve train: data of schema kuairand not found in {tmp_path}")
+
+
+def test_a_bad_task_wide_l2_is_one_line_naming_it(tmp_path: Path) -> None:
+    """Checked before the data is read: a malformed pair, or a task the schema lacks."""
+    for value, message in (("like", "--task-wide-l2 'like': expected TASK=L2"),
+                           ("likes=1e-5", "--task-wide-l2 names tasks kuairand lacks: likes")):
+        result = rankserve("train", "--data", str(tmp_path), "--run-dir", str(tmp_path / "run"),
+                           "--task-wide-l2", value)
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith(f"rankserve train: {message}"), lines[0]

@@ -9,8 +9,10 @@ import onnxruntime as ort
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from serving.ranking.features import MODEL_INPUTS, PROBS, FeatureEncoder, columns_from_rows
+from serving.ranking.features import MODEL_INPUTS, PROBS, columns_from_rows
+from serving.ranking.ranker import Ranker, RankRequest
 from serving.repository.card import ModelCard, sha256_of
+from serving.repository.served import load_model
 from serving.train.data import TASKS, TEST_DAYS, Log, group_requests, request_bodies
 from serving.train.export import PARITY_TOLERANCE
 
@@ -46,15 +48,19 @@ def test_card_reports_metrics_baseline_and_parity(card: ModelCard) -> None:
 
 @pytest.mark.slow
 def test_committed_model_ranks_real_held_out_requests(card: ModelCard, log: Log) -> None:
-    """The serving path end to end: JSON bodies -> encoder from the card -> ONNX Runtime."""
+    """The serving path end to end: JSON bodies without counters -> the version's counter
+    snapshot joined in and the encoder from the card (the gateway's Ranker) -> ONNX
+    Runtime, one session run over all the requests."""
     grouped = group_requests(log.days(TEST_DAYS[-1:]), by="day")
     bodies = request_bodies(grouped, range(1500))
-    encoder = FeatureEncoder.from_card(card.features)
-    feeds = encoder.encode_users(columns_from_rows([b["user"] for b in bodies], "user"),
-                                 columns_from_rows([b["context"] for b in bodies], "context"),
-                                 [b["history"] for b in bodies], len(bodies))
+    assert not any(f in bodies[0]["user"] for f in ("user_count", "user_is_click_rate"))
+    ranker = Ranker.from_model(load_model(VERSION_DIR.parent, 1), card)
+    assert ranker.counters is not None
+    encoded = [ranker.encode(RankRequest(
+        b["user"], columns_from_rows(b["candidates"], "item"), len(b["candidates"]),
+        b["context"], b["history"])) for b in bodies]
+    feeds = {name: np.concatenate([e[name] for e in encoded]) for name in MODEL_INPUTS}
     candidates = [c for b in bodies for c in b["candidates"]]
-    feeds.update(encoder.encode_items(columns_from_rows(candidates, "item"), len(candidates)))
     feeds["item_to_user"] = np.repeat(np.arange(len(bodies)),
                                       [len(b["candidates"]) for b in bodies])
     session = ort.InferenceSession(str(VERSION_DIR / "model.onnx"),

@@ -23,7 +23,7 @@ from serving.train.pipeline import run_training, save_checkpoint
 from serving.train.trainer import TrainConfig
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "serving" / "train" / "schemas" / \
-    "kuairand_counters.yaml"
+    "kuairand.yaml"
 EVENTS = ["is_click", "is_like"]
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from serving.repository.card import ModelCard, sha256_of
 from serving.repository.check import check_repository
+from serving.train.counters import attach_counters
 from serving.train.data import TASKS, TEST_DAYS, Log, group_requests
 from serving.train.dataset import EncodedSplit
 from serving.train.export import PARITY_TOLERANCE, export_repository
@@ -40,7 +41,9 @@ def _check_smoke(result: TrainResult) -> None:
 def test_checkpoint_round_trip_predicts_identically(run_dir: Path, log: Log) -> None:
     model, encoder, saved = load_checkpoint(run_dir)
     assert saved["tasks"] == list(TASKS)
-    held_out = EncodedSplit.build(encoder, group_requests(log.days(TEST_DAYS[:1])).head(500))
+    assert encoder.schema.counters  # the default schema's: trained and saved with them
+    days = attach_counters(log, encoder.schema).days(TEST_DAYS[:1])
+    held_out = EncodedSplit.build(encoder, group_requests(days).head(500))
     first, second = predict(model, held_out), predict(model, held_out)
     np.testing.assert_array_equal(first, second)
     assert first.shape == (held_out.n_items, len(TASKS))
