@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -241,14 +240,14 @@ class CounterTable:
     values: npt.NDArray[np.float32]
     prior: npt.NDArray[np.float32]
 
-    @cached_property
-    def _rows(self) -> npt.NDArray[np.float32]:
-        """``values`` with the prior as one more row (index ``len(keys)``), so a lookup is
-        one gather (``np.take``, several times faster than assigning the prior to the
-        misses of a fancy-indexed copy)."""
-        rows: npt.NDArray[np.float32] = np.vstack([self.values.reshape(len(self.keys), -1),
-                                                   self.prior[None, :]])
-        return rows
+    _rows: npt.NDArray[np.float32] = field(init=False, repr=False, compare=False)
+    """``values`` with the prior as one more row (index ``len(keys)``), built on load, so a
+    lookup is one gather (``np.take``, several times faster than assigning the prior to the
+    misses of a fancy-indexed copy)."""
+
+    def __post_init__(self) -> None:
+        rows = np.vstack([self.values.reshape(len(self.keys), -1), self.prior[None, :]])
+        object.__setattr__(self, "_rows", rows)
 
     def lookup(self, keys: npt.NDArray[np.int64], valid: npt.NDArray[np.bool_] | None = None
                ) -> npt.NDArray[np.float32]:

@@ -31,8 +31,10 @@ pytestmark = pytest.mark.triton
 
 MODEL = "feed_ranker"
 BUDGET_S = 0.25
-MARGIN_S = 0.1
-"""Scheduling slack on a small shared CI machine; a hung call would exceed it by far."""
+MARGIN_S = 0.2
+"""Scheduling slack on a small shared CI machine; a hung call would exceed it by far (seconds).
+0.1 s was seen too little once in a full CI run on the shared 2-core machine: three calls at
+the moment of the kill answered their deadline 134 ms late; alone, the test passes."""
 RECOVERY_S = 5.0
 
 
