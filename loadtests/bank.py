@@ -66,7 +66,7 @@ class Bank:
         for request in requests:
             body: Body = {**request, "top_k": top_k} if top_k else dict(request)
             if encoding == "json":
-                body["candidates"] = _rows(request["candidates"])
+                body["candidates"] = candidate_rows(request["candidates"])
             data, content_type = encode_request(body, encoding)
             ids = np.sort(np.asarray(request["candidates"]["video_id"], dtype=np.int64))
             shots.append(Shot(data, len(ids), ids, top_k))
@@ -98,7 +98,7 @@ class Bank:
         return cls(meta["encoding"], meta["content_type"], shots, meta["candidates"])
 
 
-def _rows(columns: dict[str, list[Any]]) -> list[dict[str, Any]]:
+def candidate_rows(columns: dict[str, list[Any]]) -> list[dict[str, Any]]:
     """Columns -> row-wise candidates, leaving out missing values as a feed backend would."""
     names = list(columns)
     return [{k: v for k, v in zip(names, values, strict=True) if v is not None}

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from loadtests.bank import candidate_rows
 from loadtests.bench.raw_ort import encode_batch, measure, open_session
 from loadtests.traffic import Body, CandidateCounts, HeldOutTraffic
 from serving.ranking.features import columns_from_rows
@@ -68,8 +69,7 @@ def run(folders: Sequence[Path], candidates: int, requests_per_batch: Sequence[i
         rounds: int, seconds: float, threads: int) -> dict[str, Any]:
     traffic = HeldOutTraffic.load(None, users=max(requests_per_batch))
     requests = traffic.requests(CandidateCounts.fixed(candidates), max(requests_per_batch))
-    rows = [[{k: v[i] for k, v in r["candidates"].items() if v[i] is not None}
-             for i in range(len(r["candidates"]["video_id"]))] for r in requests]
+    rows = [candidate_rows(r["candidates"]) for r in requests]
     versions = []
     for folder in folders:
         ranker = _ranker(folder)

@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import orjson
@@ -235,17 +235,24 @@ def gateway_arguments(prog: str, doc: str, seconds: float, repeats: str
     return parser
 
 
+def save_results(results_dir: Path, stem: str, title: str, rows: Sequence[Any],
+                 markdown: str) -> None:
+    """``stem.json`` (the rows, dataclasses as dicts) and ``stem.md`` (``# title`` and the
+    tables) in ``results_dir``, and the tables on stdout."""
+    payload = [asdict(r) for r in rows]
+    (results_dir / f"{stem}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (results_dir / f"{stem}.md").write_text(f"# {title}\n\n{markdown}")
+    print(markdown)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = gateway_arguments("python -m loadtests.bench.cpu", __doc__ or "", 5.0,
                              "windows per configuration").parse_args(argv)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results = run(args.model_repository, args.data, args.seconds, args.repeats,
                   args.server_cpu, args.client_cpu, args.results / f"cpu-{stamp}")
-    (args.results / "gateway_cpu.json").write_text(
-        json.dumps([asdict(r) for r in results], indent=1) + "\n")
-    (args.results / "gateway_cpu.md").write_text(
-        f"# Gateway CPU per request ({stamp})\n\n{to_markdown(results)}")
-    print(to_markdown(results))
+    save_results(args.results, "gateway_cpu", f"Gateway CPU per request ({stamp})", results,
+                 to_markdown(results))
     return 0
 
 

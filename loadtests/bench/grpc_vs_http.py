@@ -20,19 +20,18 @@ across machines.
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import grpc
 from grpc import aio
 
 from loadtests.bank import Bank
-from loadtests.bench.cpu import gateway_arguments, model_cpu_ms, process_tree_cpu_s
+from loadtests.bench.cpu import gateway_arguments, model_cpu_ms, process_tree_cpu_s, save_results
 from loadtests.grpc_shots import messages
 from loadtests.loadgen import START_DELAY_S, client_session, closed_loop, offer, post_shots
 from loadtests.server import GatewayProcess, free_port, pinned
@@ -185,11 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results = run(args.model_repository, args.data, args.seconds, args.repeats,
                   args.server_cpu, args.client_cpu, args.results / f"grpc-{stamp}")
-    payload: list[dict[str, Any]] = [asdict(r) for r in results]
-    (args.results / "grpc_vs_http.json").write_text(json.dumps(payload, indent=1) + "\n")
-    (args.results / "grpc_vs_http.md").write_text(
-        f"# gRPC vs HTTP binary: gateway CPU and rows/s ({stamp})\n\n{to_markdown(results)}")
-    print(to_markdown(results))
+    save_results(args.results, "grpc_vs_http",
+                 f"gRPC vs HTTP binary: gateway CPU and rows/s ({stamp})", results,
+                 to_markdown(results))
     return 0
 
 

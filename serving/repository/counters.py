@@ -246,7 +246,7 @@ class CounterTable:
     misses of a fancy-indexed copy)."""
 
     def __post_init__(self) -> None:
-        rows = np.vstack([self.values.reshape(len(self.keys), -1), self.prior[None, :]])
+        rows = np.vstack([self.values, self.prior[None, :]])
         object.__setattr__(self, "_rows", rows)
 
     def lookup(self, keys: npt.NDArray[np.int64], valid: npt.NDArray[np.bool_] | None = None

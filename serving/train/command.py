@@ -105,15 +105,15 @@ def _train(args: argparse.Namespace) -> int:
     from serving.train.pipeline import run_training, save_checkpoint
     from serving.train.trainer import TrainConfig
 
+    task_l2 = _task_values(args.task_wide_l2)
     cfg = TrainConfig(epochs=args.epochs, batch_rows=args.batch_rows, lr=args.lr,
                       wide_lr=args.wide_lr, wide_l2=args.wide_l2,
-                      task_wide_l2={**TrainConfig().task_wide_l2,
-                                    **_task_values(args.task_wide_l2)},
+                      task_wide_l2={**TrainConfig().task_wide_l2, **task_l2},
                       user_id_dropout=args.user_id_dropout,
                       item_id_dropout=args.item_id_dropout, seed=args.seed,
                       threads=args.threads, max_steps=args.max_steps)
     schema = Schema.load(args.schema)
-    unknown = set(_task_values(args.task_wide_l2)) - {t.name for t in schema.tasks}
+    unknown = set(task_l2) - {t.name for t in schema.tasks}
     if unknown:
         raise ValueError(f"--task-wide-l2 names tasks {schema.name} lacks: "
                          f"{', '.join(sorted(unknown))}")

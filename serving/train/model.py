@@ -174,8 +174,9 @@ class MMoE(nn.Module):
         return torch.cat([tower(mixed[:, t]) for t, tower in enumerate(self.towers)], dim=1)
 
 
-class NumericBins(nn.Module):
-    """``[B, F]`` numerics -> ``[B, T]``: the sum of one weight row per feature's bucket.
+class NumericBins(StackedEmbedding):
+    """``[B, F]`` numerics -> ``[B, T]``: the sum of one weight row per feature's bucket
+    (the buckets of all features stacked in one table, zero at the start).
 
     The boundaries are a buffer (saved with the weights, constants of the exported graph);
     a value above ``k`` of its feature's boundaries is in bucket ``k``. Repeated boundaries
@@ -183,13 +184,9 @@ class NumericBins(nn.Module):
     """
 
     def __init__(self, features: int, bins: int, tasks: int) -> None:
-        super().__init__()
+        super().__init__([bins] * features, tasks, init_std=0.0)
         self.boundaries: Tensor
-        self.offsets: Tensor
         self.register_buffer("boundaries", torch.zeros(features, bins - 1))
-        self.register_buffer("offsets", torch.arange(features) * bins, persistent=False)
-        self.table = nn.Embedding(features * bins, tasks)
-        nn.init.zeros_(self.table.weight)
 
     @torch.no_grad()
     def fit(self, values: Tensor) -> None:
@@ -200,8 +197,7 @@ class NumericBins(nn.Module):
 
     def forward(self, values: Tensor) -> Tensor:
         above = (values.unsqueeze(-1) > self.boundaries).to(values.dtype).sum(dim=-1)
-        out: Tensor = self.table(above.long() + self.offsets).sum(dim=1)
-        return out
+        return super().forward(above.long()).sum(dim=1)
 
 
 class IdCross(nn.Module):

@@ -100,3 +100,13 @@ def test_a_snapshot_of_other_counters_is_refused() -> None:
     other = CounterSnapshot((table("video", ("video_id",), [1], 0.0),))
     with pytest.raises(ModelCardError, match="video"):
         CounterJoin.of(other, schema())
+
+
+def test_a_table_with_no_keys_gives_every_id_the_prior() -> None:
+    """A counter nobody triggered in the training days (an empty table) still loads, and
+    every lookup, valid or not, is the prior row."""
+    prior = np.array([0.25, 0.5], dtype=np.float32)
+    table = CounterTable("user", ("user_id",), ("user_count", "user_is_click_rate"),
+                         np.zeros(0, dtype=np.int64), np.zeros((0, 2), dtype=np.float32), prior)
+    got = table.lookup(np.array([3, 7], dtype=np.int64), np.array([True, False]))
+    np.testing.assert_array_equal(got, np.stack([prior, prior]))
